@@ -1,0 +1,216 @@
+"""Typed, validated run configuration.
+
+The dataclasses below are the schema of every Hydra config: YAML files in
+``configs/`` only fill them in. Hydra/OmegaConf reject unknown keys and wrong
+types against this schema; ``__post_init__`` checks ranges and combinations when
+the composed config is turned into objects (``OmegaConf.to_object``) at start-up.
+Nothing outside ``rnnlm.cli`` imports Hydra: the library takes these plain
+dataclasses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Optional
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message says how to fix it."""
+
+
+def _check_rate(key: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(
+            f"{key}={value} is outside [0, 1): a dropout rate is a drop probability; "
+            f"use e.g. {key}=0.3 (0 switches it off)."
+        )
+
+
+def _check_positive(key: str, value: float | int | None, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if value is None or value <= 0:
+        raise ConfigError(f"{key}={value} must be a positive number, e.g. {key}=10.")
+
+
+class DatasetName(str, Enum):
+    ptb = "ptb"
+    wikitext2 = "wikitext2"
+
+
+class RecurrentKind(str, Enum):
+    """Which recurrent-dropout scheme regularises h_{t-1} -> gates (DESIGN 3)."""
+
+    none = "none"
+    weight_drop = "weight_drop"  # DropConnect on W_hh (Merity et al. 2017); fused kernel
+    variational = "variational"  # Gal & Ghahramani 2016: per-sequence masks on h_{t-1}
+    semeniuta = "semeniuta"  # Semeniuta et al. 2016: dropout on the cell update g_t
+    zoneout = "zoneout"  # Krueger et al. 2016: keep previous h/c units
+
+
+class MaskKind(str, Enum):
+    """Shape of the recurrent mask; which ones apply depends on the kind."""
+
+    element = "element"  # weight_drop: (4H, H)
+    row = "row"  # weight_drop: (4H, 1), AWD `variational=True`
+    column = "column"  # weight_drop: (1, H), = Gal tied, one mask per minibatch
+    gate_column = "gate_column"  # weight_drop: 4 x (1, H), = Gal untied per minibatch
+    tied = "tied"  # variational: one (B, H) mask for all gates
+    untied = "untied"  # variational: one (B, H) mask per gate
+    sequence = "sequence"  # semeniuta: one (B, H) mask per sequence
+    step = "step"  # semeniuta/zoneout: fresh mask per time step
+
+
+VALID_MASKS: dict[RecurrentKind, tuple[MaskKind, ...]] = {
+    RecurrentKind.none: tuple(MaskKind),
+    RecurrentKind.weight_drop: (MaskKind.element, MaskKind.row, MaskKind.column, MaskKind.gate_column),
+    RecurrentKind.variational: (MaskKind.tied, MaskKind.untied),
+    RecurrentKind.semeniuta: (MaskKind.sequence, MaskKind.step),
+    RecurrentKind.zoneout: (MaskKind.step,),
+}
+
+
+class Optimizer(str, Enum):
+    nt_asgd = "nt_asgd"  # SGD, switching to averaged SGD by the non-monotone trigger
+    sgd = "sgd"  # plain SGD with an optional step-decay schedule (Zaremba et al.)
+
+
+@dataclass
+class DatasetConfig:
+    name: DatasetName = DatasetName.ptb
+    # Directory with train.txt/valid.txt/test.txt; None: $RNNLM_DATA_DIR, then the Hub.
+    path: Optional[str] = None
+    batch_size: int = 20
+    eval_batch_size: int = 10
+    test_batch_size: int = 1
+    # Where tokenised corpora are cached; None: ~/.cache/rnnlm (or $RNNLM_CACHE_DIR).
+    cache_dir: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        _check_positive("dataset.batch_size", self.batch_size)
+        _check_positive("dataset.eval_batch_size", self.eval_batch_size)
+        _check_positive("dataset.test_batch_size", self.test_batch_size)
+
+
+@dataclass
+class ModelConfig:
+    emsize: int = 400
+    nhid: int = 1150
+    nlayers: int = 3
+    tie_weights: bool = True
+
+    def __post_init__(self) -> None:
+        _check_positive("model.emsize", self.emsize)
+        _check_positive("model.nhid", self.nhid)
+        _check_positive("model.nlayers", self.nlayers)
+
+
+@dataclass
+class RecurrentDropoutConfig:
+    kind: RecurrentKind = RecurrentKind.weight_drop
+    rate: float = 0.5
+    mask: MaskKind = MaskKind.element
+    # Zoneout only: probability of keeping the previous cell unit (z_c); `rate` is z_h.
+    cell_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_rate("dropout.recurrent.rate", self.rate)
+        _check_rate("dropout.recurrent.cell_rate", self.cell_rate)
+        allowed = VALID_MASKS[self.kind]
+        if self.mask not in allowed:
+            names = ", ".join(m.value for m in allowed)
+            raise ConfigError(
+                f"dropout.recurrent.mask={self.mask.value} does not go with "
+                f"dropout.recurrent.kind={self.kind.value}; choose one of: {names}."
+            )
+        if self.cell_rate and self.kind is not RecurrentKind.zoneout:
+            raise ConfigError(
+                f"dropout.recurrent.cell_rate={self.cell_rate} only applies to "
+                f"dropout.recurrent.kind=zoneout; set it to 0."
+            )
+
+
+@dataclass
+class DropoutConfig:
+    embedding: float = 0.1  # AWD dropoute: whole word types
+    input: float = 0.4  # AWD dropouti: embedding output
+    hidden: float = 0.25  # AWD dropouth: between LSTM layers
+    output: float = 0.4  # AWD dropout: last layer output
+    locked: bool = True  # one mask per sequence (variational) vs per time step (Zaremba)
+    recurrent: RecurrentDropoutConfig = field(default_factory=RecurrentDropoutConfig)
+
+    def __post_init__(self) -> None:
+        for site in ("embedding", "input", "hidden", "output"):
+            _check_rate(f"dropout.{site}", getattr(self, site))
+
+
+@dataclass
+class OptimConfig:
+    name: Optimizer = Optimizer.nt_asgd
+    lr: float = 30.0
+    weight_decay: float = 1.2e-6
+    clip: float = 0.25  # gradient-norm clipping; 0 disables
+    nonmono: int = 5  # NT-ASGD non-monotone interval
+    # Step decay for plain SGD (Zaremba): after `lr_decay_start` epochs, lr *= lr_decay each epoch.
+    lr_decay: float = 1.0
+    lr_decay_start: int = 0
+
+    def __post_init__(self) -> None:
+        _check_positive("optim.lr", self.lr)
+        if self.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay={self.weight_decay} must be >= 0.")
+        if self.clip < 0:
+            raise ConfigError(f"optim.clip={self.clip} must be >= 0 (0 disables clipping).")
+        _check_positive("optim.nonmono", self.nonmono)
+        if not 0.0 < self.lr_decay <= 1.0:
+            raise ConfigError(f"optim.lr_decay={self.lr_decay} must be in (0, 1].")
+
+
+@dataclass
+class TrainerConfig:
+    bptt: int = 70
+    variable_bptt: bool = True  # AWD: N(bptt, 5), halved with prob 0.05, lr scaled
+    max_epochs: int = 500
+    max_minutes: Optional[float] = None  # wall-clock budget for training; None: no limit
+    alpha: float = 2.0  # AR: activation regularisation on the dropped last-layer output
+    beta: float = 1.0  # TAR: temporal activation regularisation on the undropped output
+    max_batches: Optional[int] = None  # limit training batches per epoch (smoke runs)
+    finetune: bool = False  # AWD finetune stage after the main run
+    finetune_epochs: int = 300  # budget of the finetune stage
+    progress: bool = True  # tqdm progress bar
+
+    def __post_init__(self) -> None:
+        _check_positive("trainer.bptt", self.bptt)
+        _check_positive("trainer.max_epochs", self.max_epochs)
+        _check_positive("trainer.max_minutes", self.max_minutes, allow_none=True)
+        _check_positive("trainer.max_batches", self.max_batches, allow_none=True)
+        _check_positive("trainer.finetune_epochs", self.finetune_epochs)
+        if self.alpha < 0 or self.beta < 0:
+            raise ConfigError("trainer.alpha and trainer.beta must be >= 0.")
+
+
+@dataclass
+class EvalConfig:
+    mc_samples: int = 0  # >0: also report MC-dropout perplexities (Gal 2016), K passes
+
+    def __post_init__(self) -> None:
+        if self.mc_samples < 0:
+            raise ConfigError(f"eval.mc_samples={self.mc_samples} must be >= 0 (0 = off).")
+
+
+@dataclass
+class RunConfig:
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dropout: DropoutConfig = field(default_factory=DropoutConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 141
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def __post_init__(self) -> None:
+        dev = self.device
+        if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+            raise ConfigError(f"device={dev} is not a device; use auto, cpu, cuda or cuda:N.")
