@@ -1,0 +1,15 @@
+"""Every dropout of the literature as a small module (DESIGN 3)."""
+
+from .base import StochasticModule, bernoulli_mask, set_mc_dropout
+from .embedding import EmbeddingDropout
+from .sequence import SequenceDropout
+from .weight_drop import WeightDropLSTM
+
+__all__ = [
+    "EmbeddingDropout",
+    "SequenceDropout",
+    "StochasticModule",
+    "WeightDropLSTM",
+    "bernoulli_mask",
+    "set_mc_dropout",
+]
