@@ -1,0 +1,37 @@
+"""The AWD-LSTM training schedule (Merity et al. 2017, arXiv 1708.02182, Sec. 3-4).
+
+* Variable-length BPTT: the base length is ``bptt`` with probability 0.95, else
+  ``bptt / 2``; the step's length is ``max(5, int(N(base, 5)))`` and its learning
+  rate is scaled by ``seq_len / bptt`` so long and short steps weigh the same.
+* NT-ASGD: non-monotonically triggered averaged SGD. After each validation, while
+  still on SGD, switch to ASGD when the new validation loss is worse than the
+  best of all but the last ``nonmono`` ones (the reference code's rule).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def sample_seq_len(bptt: int, generator: torch.Generator, variable: bool = True) -> int:
+    """Length of the next BPTT segment (AWD ``main.py``), drawn from ``generator``."""
+    if not variable:
+        return bptt
+    u = torch.rand(1, generator=generator, dtype=torch.float64).item()
+    base = bptt if u < 0.95 else bptt / 2
+    z = torch.randn(1, generator=generator, dtype=torch.float64).item()
+    return max(5, int(base + 5 * z))
+
+
+def scaled_lr(lr: float, seq_len: int, bptt: int) -> float:
+    """The learning rate of one step of length ``seq_len`` (AWD: ``lr * seq_len / bptt``)."""
+    return lr * seq_len / bptt
+
+
+def should_switch_to_asgd(val_history: list[float], val_loss: float, nonmono: int) -> bool:
+    """NT-ASGD trigger: ``len(hist) > nonmono and val_loss > min(hist[:-nonmono])``.
+
+    ``val_history`` holds the validation losses of the earlier epochs (not the
+    current ``val_loss``), exactly as awd-lstm-lm's ``best_val_loss`` list.
+    """
+    return len(val_history) > nonmono and val_loss > min(val_history[:-nonmono])
