@@ -22,13 +22,13 @@ import io
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import torch
 
+from ..atomic import atomic_write
 from .corpus import SPLITS, Corpus, Vocab
 
 log = logging.getLogger(__name__)
@@ -144,16 +144,8 @@ def _load_cached(file: Path) -> Corpus | None:
 
 
 def _save_cached(file: Path, corpus: Corpus) -> None:
-    """Write ``file`` atomically: a temporary file in the same directory, then ``os.replace``."""
-    file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"itos": corpus.vocab.itos, **{s: getattr(corpus, s) for s in SPLITS}}, f)
-        os.replace(tmp, file)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    payload = {"itos": corpus.vocab.itos, **{s: getattr(corpus, s) for s in SPLITS}}
+    atomic_write(file, lambda tmp: torch.save(payload, tmp))
 
 
 def _local_dir(source: DatasetSource, path: str | os.PathLike | None) -> tuple[Path | None, str]:

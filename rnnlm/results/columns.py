@@ -1,0 +1,75 @@
+"""The columns of a run's ``metrics.csv`` (one row per epoch) and ``result.csv``
+(one row per run). README "Outputs" documents each one; losses are in nats per
+token and ppl = exp(loss).
+"""
+
+from __future__ import annotations
+
+METRICS_COLUMNS = (
+    "epoch",  # 1-based, counted across stages
+    "stage",  # train | finetune
+    "lr",  # base learning rate of the epoch (before variable-BPTT scaling)
+    "optimizer",  # sgd | asgd
+    "train_loss",  # mean per-token training loss (dropout on, without AR/TAR)
+    "train_ppl",
+    "val_loss",  # validation loss (batch dataset.eval_batch_size; ASGD: averaged weights)
+    "val_ppl",
+    "epoch_seconds",  # wall time of the epoch's training and validation
+    "tokens_per_second",  # training tokens per second of training time
+    "train_tokens",  # training tokens seen this epoch
+)
+
+# Config keys copied into result.csv under their own names.
+SETTING_COLUMNS = (
+    "dataset.name",
+    "model.emsize",
+    "model.nhid",
+    "model.nlayers",
+    "model.tie_weights",
+    "dropout.embedding",
+    "dropout.input",
+    "dropout.hidden",
+    "dropout.output",
+    "dropout.locked",
+    "dropout.recurrent.kind",
+    "dropout.recurrent.rate",
+    "dropout.recurrent.mask",
+    "dropout.recurrent.cell_rate",
+    "optim.name",
+    "optim.lr",
+    "trainer.bptt",
+    "trainer.max_epochs",
+    "trainer.alpha",
+    "trainer.beta",
+    "eval.mc_samples",
+)
+
+RESULT_COLUMNS = (
+    "dataset",
+    "seed",
+    "status",  # running | completed | diverged | interrupted | failed
+    "stop_reason",  # max_epochs | max_minutes | max_batches... why training ended
+    "vocab_size",
+    "train_tokens",
+    "valid_tokens",
+    "test_tokens",
+    "n_params",
+    "epochs_run",
+    "asgd_epoch",  # first epoch trained with ASGD; empty if never switched
+    "best_epoch",
+    "best_val_loss",
+    "best_val_ppl",
+    "test_loss",
+    "test_ppl",
+    "mc_val_ppl",  # MC-dropout figures; empty unless eval.mc_samples > 0
+    "mc_test_ppl",
+    "eval_batch_size",
+    "test_batch_size",
+    "wall_seconds",
+    "device",
+    "torch_version",
+    "rnnlm_version",
+    "git_revision",
+    "overrides",  # the command-line overrides of the run, space-separated
+    "run_dir",
+) + SETTING_COLUMNS
