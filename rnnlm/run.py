@@ -1,0 +1,220 @@
+"""``train(cfg, run_dir)``: one training run from a validated config to its files.
+
+This is the whole job behind ``rnnlm train``, usable without Hydra::
+
+    run_dir/
+      checkpoints/best.pt   best weights by validation (ASGD: averaged)
+      checkpoints/last.pt   everything needed to resume (see Trainer.state_dict)
+      metrics.csv           one row per epoch (results.columns.METRICS_COLUMNS)
+      result.csv            one row for the run (results.columns.RESULT_COLUMNS)
+
+Every file is written atomically. ``result.csv`` exists from the start with
+``status=running`` and is rewritten after each epoch and at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import subprocess
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from . import __version__
+from .config import ConfigError, RunConfig
+from .data import Corpus, batchify, load_corpus
+from .model import AWDLSTM, count_parameters
+from .results import METRICS_COLUMNS, RESULT_COLUMNS, SETTING_COLUMNS, write_csv
+from .training import Diverged, Trainer, evaluate, evaluate_mc, load_checkpoint, perplexity, save_checkpoint
+from .training.signals import stop_on_signals
+
+log = logging.getLogger(__name__)
+
+BEST = Path("checkpoints") / "best.pt"
+LAST = Path("checkpoints") / "last.pt"
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda``/``cuda:N`` must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={name} but CUDA is not available here; use device=cpu or device=auto.")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device={name} but only {torch.cuda.device_count()} CUDA device(s) exist; "
+                f"use cuda:0..cuda:{torch.cuda.device_count() - 1}."
+            )
+    return device
+
+
+def holds_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` already has a run's results or checkpoints (never overwrite them)."""
+    return any((Path(run_dir) / name).exists() for name in ("result.csv", "metrics.csv", LAST))
+
+
+def git_revision() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+            capture_output=True, text=True, timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def flatten(cfg: RunConfig) -> dict[str, Any]:
+    """``{"dropout.recurrent.rate": 0.5, ...}`` with enums as their values."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(f"{prefix}{key}.", value)
+        else:
+            flat[prefix[:-1]] = getattr(node, "value", node)
+
+    walk("", asdict(cfg))
+    return flat
+
+
+class RunFiles:
+    """The files of one run directory and the one-row result that describes it."""
+
+    def __init__(self, run_dir: Path, cfg: RunConfig, overrides: Sequence[str], device: torch.device):
+        self.dir = Path(run_dir)
+        settings = flatten(cfg)
+        self.result: dict[str, Any] = {key: settings[key] for key in SETTING_COLUMNS}
+        self.result.update(
+            dataset=cfg.dataset.name.value, seed=cfg.seed, status="running",
+            eval_batch_size=cfg.dataset.eval_batch_size, test_batch_size=cfg.dataset.test_batch_size,
+            device=str(device), torch_version=torch.__version__, rnnlm_version=__version__,
+            git_revision=git_revision(), overrides=" ".join(overrides), run_dir=str(self.dir),
+        )
+
+    def path(self, name: Path | str) -> Path:
+        return self.dir / name
+
+    def write_result(self, **updates: Any) -> None:
+        self.result.update(updates)
+        write_csv(self.path("result.csv"), [self.result], RESULT_COLUMNS)
+
+    def write_metrics(self, rows: list[dict[str, Any]]) -> None:
+        write_csv(self.path("metrics.csv"), rows, METRICS_COLUMNS)
+
+
+def build(cfg: RunConfig, device: torch.device) -> tuple[Corpus, AWDLSTM]:
+    corpus = load_corpus(cfg.dataset.name.value, path=cfg.dataset.path, cache_dir=cfg.dataset.cache_dir)
+    model = AWDLSTM(len(corpus.vocab), cfg.model, cfg.dropout).to(device)
+    return corpus, model
+
+
+def train(
+    cfg: RunConfig, run_dir: Path, overrides: Sequence[str] = (), resume: bool = False
+) -> dict[str, Any]:
+    """Train, validate and test one model; returns the result row (also in result.csv).
+
+    With ``resume=True`` the run continues from ``run_dir/checkpoints/last.pt``.
+    """
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    corpus, model = build(cfg, device)
+    files = RunFiles(run_dir, cfg, overrides, device)
+    ds = cfg.dataset
+    train_data = batchify(corpus.train, ds.batch_size, device)
+    valid_data = batchify(corpus.valid, ds.eval_batch_size, device)
+    test_data = batchify(corpus.test, ds.test_batch_size, device)
+    files.result.update(
+        vocab_size=len(corpus.vocab), train_tokens=corpus.train.numel(),
+        valid_tokens=corpus.valid.numel(), test_tokens=corpus.test.numel(),
+        n_params=count_parameters(model),
+    )
+    log.info(
+        "%s: %d params, vocab %d, %d train tokens, device %s, run dir %s",
+        ds.name.value, files.result["n_params"], len(corpus.vocab), corpus.train.numel(), device, files.dir,
+    )
+
+    def checkpoint(trainer: Trainer) -> None:
+        save_checkpoint(files.path(LAST), trainer.state_dict())
+
+    def end_of_epoch(trainer: Trainer) -> None:
+        st = trainer.state
+        checkpoint(trainer)  # first: metrics.csv never runs ahead of the resumable state
+        files.write_metrics(st.metrics)
+        files.write_result(**progress_fields(trainer))
+
+    trainer = Trainer(
+        model, cfg, train_data, valid_data,
+        save_best=lambda weights: save_checkpoint(files.path(BEST), {"model": weights}),
+        load_best=lambda: load_checkpoint(files.path(BEST), device)["model"],
+        on_epoch_end=end_of_epoch,
+    )
+    if resume:
+        trainer.load_state_dict(load_checkpoint(files.path(LAST), device))
+        files.write_metrics(trainer.state.metrics)  # drop rows written after last.pt
+    files.write_result(**progress_fields(trainer))
+
+    wall_start = time.monotonic() - trainer.state.total_seconds
+    with stop_on_signals() as stop_requested:
+        trainer.should_stop = stop_requested
+        try:
+            trainer.fit()
+        except Diverged as exc:
+            log.error("run diverged: %s", exc)
+            files.write_result(
+                status="diverged", stop_reason="diverged", wall_seconds=time.monotonic() - wall_start,
+                **progress_fields(trainer, with_ppl=False),
+            )
+            return files.result
+        except Exception:
+            files.write_result(status="failed", wall_seconds=time.monotonic() - wall_start)
+            raise
+        if trainer.interrupted:
+            checkpoint(trainer)
+            files.write_result(
+                status="interrupted", stop_reason="interrupted",
+                wall_seconds=time.monotonic() - wall_start, **progress_fields(trainer),
+            )
+            log.warning("interrupted: resume with `rnnlm train resume=%s`", files.dir)
+            return files.result
+
+    final = test_best(model, cfg, files, valid_data, test_data, device)
+    files.write_result(
+        status="completed", stop_reason=trainer.state.stop_reason,
+        wall_seconds=time.monotonic() - wall_start, **progress_fields(trainer), **final,
+    )
+    log.info("best valid ppl %.2f (epoch %d) | test ppl %.2f",
+             files.result["best_val_ppl"], files.result["best_epoch"], files.result["test_ppl"])
+    return files.result
+
+
+def progress_fields(trainer: Trainer, with_ppl: bool = True) -> dict[str, Any]:
+    st = trainer.state
+    have_best = with_ppl and math.isfinite(st.best_val_loss)
+    return {
+        "epochs_run": len(st.metrics),
+        "asgd_epoch": st.asgd_epoch or None,
+        "best_epoch": st.best_epoch or None,
+        "best_val_loss": st.best_val_loss if have_best else None,
+        "best_val_ppl": perplexity(st.best_val_loss) if have_best else None,
+    }
+
+
+def test_best(model: AWDLSTM, cfg: RunConfig, files: RunFiles, valid_data, test_data, device) -> dict[str, Any]:
+    """Test loss (batch ``dataset.test_batch_size``) of the best weights; MC figures if asked."""
+    model.load_state_dict(load_checkpoint(files.path(BEST), device)["model"])
+    bptt = cfg.trainer.bptt
+    test_loss = evaluate(model, test_data, bptt)
+    out: dict[str, Any] = {"test_loss": test_loss, "test_ppl": perplexity(test_loss)}
+    k = cfg.eval.mc_samples
+    if k > 0:
+        out["mc_val_ppl"] = perplexity(evaluate_mc(model, valid_data, bptt, k))
+        out["mc_test_ppl"] = perplexity(evaluate_mc(model, test_data, bptt, k))
+    return out

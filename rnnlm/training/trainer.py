@@ -1,0 +1,292 @@
+"""The AWD-LSTM training loop (Merity et al. 2017; awd-lstm-lm ``main.py`` and
+``finetune.py``), resumable at any batch boundary.
+
+One epoch walks the training stream ``(L, B)`` in variable-length BPTT segments,
+carrying the hidden state across them. After each epoch the model is validated
+(ASGD: with the averaged weights); the best model by validation loss is kept in
+``checkpoints/best.pt``; NT-ASGD decides the switch from SGD to ASGD. The
+optional finetune stage restarts ASGD from the best weights until the
+non-monotone condition fires.
+
+Everything the loop needs to continue (model, optimiser incl. ASGD averages,
+NT-ASGD history, RNG states, epoch, position in the epoch, hidden state, the
+metrics rows so far) is in :meth:`Trainer.state_dict`, so an interrupted run
+resumes to the same numbers as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..config import Optimizer, RunConfig
+from ..data import get_batch
+from ..model import AWDLSTM, repackage_hidden
+from .evaluate import evaluate, perplexity
+from .optim import averaged_weights, is_asgd, make_asgd, make_sgd, set_lr
+from .regularization import activation_regularization, temporal_activation_regularization
+from .schedule import sample_seq_len, scaled_lr, should_switch_to_asgd
+
+log = logging.getLogger(__name__)
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN, infinite, or so large that the perplexity overflows."""
+
+
+@dataclass
+class TrainState:
+    """The loop's position and history; plain values only (checkpoint-safe)."""
+
+    stage: str = "train"  # train | finetune
+    epoch: int = 1  # global epoch being trained, 1-based
+    stage_epoch: int = 1  # epoch within the stage
+    lr: float = 0.0  # base learning rate of the current epoch
+    position: int = 0  # row of the training stream where the next segment starts
+    batches: int = 0  # segments done in this epoch
+    loss_sum: float = 0.0  # sum over this epoch's segments of loss * tokens
+    tokens: int = 0  # training tokens seen this epoch
+    train_seconds: float = 0.0  # training time of this epoch so far
+    total_seconds: float = 0.0  # training + validation time of all epochs (budget)
+    val_history: list[float] = field(default_factory=list)  # NT-ASGD's ``best_val_loss``
+    best_val_loss: float = math.inf
+    best_epoch: int = 0
+    asgd_epoch: int = 0  # first ASGD epoch; 0 = never switched
+    finished: bool = False
+    stop_reason: str = ""
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Trainer:
+    """Trains ``model`` on ``train_data (L, B)``, validating on ``valid_data (L', B')``.
+
+    ``save_best(state_dict)`` is called with the (averaged) weights whenever the
+    validation loss improves; ``on_epoch_end(trainer)`` after every epoch (write
+    metrics, checkpoint); ``should_stop()`` is polled after every segment (signals).
+    """
+
+    def __init__(
+        self,
+        model: AWDLSTM,
+        cfg: RunConfig,
+        train_data: torch.Tensor,
+        valid_data: torch.Tensor,
+        save_best: Callable[[dict[str, torch.Tensor]], None],
+        load_best: Callable[[], dict[str, torch.Tensor]],
+        on_epoch_end: Callable[["Trainer"], None] = lambda trainer: None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.model = model
+        self.cfg = cfg
+        self.train_data = train_data
+        self.valid_data = valid_data
+        self.save_best = save_best
+        self.load_best = load_best
+        self.on_epoch_end = on_epoch_end
+        self.should_stop = should_stop
+        self.state = TrainState(lr=cfg.optim.lr)
+        self.optimizer = make_sgd(model, cfg.optim.lr, cfg.optim.weight_decay)
+        self.generator = torch.Generator().manual_seed(cfg.seed)  # variable-BPTT lengths
+        self.hidden = None  # carried across segments within an epoch
+        self.interrupted = False
+
+    # ----------------------------------------------------------------- stages
+    def fit(self) -> TrainState:
+        """Train until a budget, the finetune trigger, a signal or divergence ends it."""
+        started = time.monotonic() - self.state.total_seconds
+        tc = self.cfg.trainer
+        while not self.state.finished:
+            if self._stage_over():
+                if self.state.stage == "train" and tc.finetune:
+                    self._start_finetune()
+                    continue
+                self._finish(self.state.stop_reason or "max_epochs")
+                break
+            out_of_time = self.train_epoch(started)
+            if self.interrupted:
+                self.state.total_seconds = time.monotonic() - started
+                return self.state
+            self.end_epoch()
+            self.state.total_seconds = time.monotonic() - started
+            self.on_epoch_end(self)
+            if out_of_time:
+                self._finish("max_minutes")
+        return self.state
+
+    def _stage_over(self) -> bool:
+        tc, st = self.cfg.trainer, self.state
+        if st.stop_reason == "finetune_converged":
+            return True
+        limit = tc.max_epochs if st.stage == "train" else tc.finetune_epochs
+        return st.stage_epoch > limit
+
+    def _start_finetune(self) -> None:
+        """awd-lstm-lm ``finetune.py``: ASGD from the best weights, history reset."""
+        log.info("finetune: restarting ASGD from the best checkpoint (epoch %d)", self.state.best_epoch)
+        self.model.load_state_dict(self.load_best())
+        self.optimizer = make_asgd(self.model, self.cfg.optim.lr, self.cfg.optim.weight_decay)
+        st = self.state
+        st.stage, st.stage_epoch, st.val_history, st.lr = "finetune", 1, [], self.cfg.optim.lr
+
+    def _finish(self, reason: str) -> None:
+        self.state.finished = True
+        self.state.stop_reason = reason
+
+    # ------------------------------------------------------------------ epoch
+    def _budget_exceeded(self, started: float) -> bool:
+        minutes = self.cfg.trainer.max_minutes
+        return minutes is not None and time.monotonic() - started > 60 * minutes
+
+    def train_epoch(self, started: float) -> bool:
+        """Train from ``state.position`` to the end of the epoch; True if out of time."""
+        cfg, st, model = self.cfg, self.state, self.model
+        tc = cfg.trainer
+        data = self.train_data
+        batch_size = data.size(1)
+        n_batches = (data.size(0) - 2) // tc.bptt + 1
+        if tc.max_batches is not None:
+            n_batches = min(n_batches, tc.max_batches)
+        if self.hidden is None:
+            self.hidden = model.init_hidden(batch_size)
+        model.train()
+        bar = tqdm(
+            total=n_batches, initial=st.batches, desc=f"epoch {st.epoch}", unit="batch",
+            disable=not tc.progress, leave=False, dynamic_ncols=True,
+        )
+        out_of_time = False
+        t0 = time.monotonic() - st.train_seconds
+        while st.position < data.size(0) - 2 and st.batches < n_batches:
+            seq_len = sample_seq_len(tc.bptt, self.generator, tc.variable_bptt)
+            inputs, targets = get_batch(data, st.position, seq_len)  # (T, B) each
+            loss = self.train_step(inputs, targets, scaled_lr(st.lr, seq_len, tc.bptt))
+            st.position += seq_len
+            st.batches += 1
+            st.loss_sum += loss * targets.numel()
+            st.tokens += targets.numel()
+            st.train_seconds = time.monotonic() - t0
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{loss:.3f}", ppl=f"{perplexity(loss):.1f}",
+                tok_s=f"{st.tokens / max(st.train_seconds, 1e-9):.0f}",
+            )
+            if self.should_stop():
+                self.interrupted = True
+                break
+            if self._budget_exceeded(started):
+                out_of_time = True
+                break
+        bar.close()
+        return out_of_time
+
+    def train_step(self, inputs: torch.Tensor, targets: torch.Tensor, lr: float) -> float:
+        """One truncated-BPTT step on a ``(T, B)`` segment; returns the cross-entropy."""
+        cfg = self.cfg
+        set_lr(self.optimizer, lr)
+        # ASGD applies the lr of the previous step (its eta lags one step), as in awd-lstm-lm.
+        self.hidden = repackage_hidden(self.hidden)
+        self.optimizer.zero_grad(set_to_none=True)
+        out = self.model(inputs, self.hidden)
+        raw_loss = F.cross_entropy(out.logits.flatten(0, 1), targets.flatten())
+        loss = (
+            raw_loss
+            + activation_regularization(out.output, cfg.trainer.alpha)
+            + temporal_activation_regularization(out.raw_output, cfg.trainer.beta)
+        )
+        value = raw_loss.item()
+        if not math.isfinite(perplexity(value)) or not math.isfinite(loss.item()):
+            raise Diverged(f"training loss became {value:.4g} at epoch {self.state.epoch}")
+        loss.backward()
+        if cfg.optim.clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip)
+        self.optimizer.step()
+        self.hidden = out.hidden
+        return value
+
+    def end_epoch(self) -> None:
+        """Validate, keep the best weights, apply NT-ASGD / lr decay, log the epoch row."""
+        cfg, st = self.cfg, self.state
+        t0 = time.monotonic()
+        with averaged_weights(self.model, self.optimizer):
+            val_loss = evaluate(self.model, self.valid_data, cfg.trainer.bptt)
+            if not math.isfinite(perplexity(val_loss)):
+                raise Diverged(f"validation loss became {val_loss:.4g} at epoch {st.epoch}")
+            if val_loss < st.best_val_loss:
+                st.best_val_loss, st.best_epoch = val_loss, st.epoch
+                self.save_best({k: v.detach().clone() for k, v in self.model.state_dict().items()})
+        optimizer_name = "asgd" if is_asgd(self.optimizer) else "sgd"
+        train_loss = st.loss_sum / max(st.tokens, 1)
+        row = {
+            "epoch": st.epoch,
+            "stage": st.stage,
+            "lr": st.lr,
+            "optimizer": optimizer_name,
+            "train_loss": train_loss,
+            "train_ppl": perplexity(train_loss),
+            "val_loss": val_loss,
+            "val_ppl": perplexity(val_loss),
+            "epoch_seconds": st.train_seconds + (time.monotonic() - t0),
+            "tokens_per_second": st.tokens / max(st.train_seconds, 1e-9),
+            "train_tokens": st.tokens,
+        }
+        st.metrics.append(row)
+        log.info(
+            "epoch %d (%s, %s) | lr %.4g | train ppl %.2f | valid ppl %.2f | %.1f s | %.0f tok/s",
+            st.epoch, st.stage, optimizer_name, st.lr, row["train_ppl"], row["val_ppl"],
+            row["epoch_seconds"], row["tokens_per_second"],
+        )
+        self._update_schedule(val_loss)
+        st.epoch += 1
+        st.stage_epoch += 1
+        st.position = st.batches = st.tokens = 0
+        st.loss_sum = st.train_seconds = 0.0
+        self.hidden = None
+
+    def _update_schedule(self, val_loss: float) -> None:
+        """NT-ASGD switch (or finetune stop), or Zaremba's step decay for plain SGD."""
+        cfg, st = self.cfg, self.state
+        if st.stage == "finetune":
+            if should_switch_to_asgd(st.val_history, val_loss, cfg.optim.nonmono):
+                st.stop_reason = "finetune_converged"
+        elif cfg.optim.name is Optimizer.nt_asgd and not is_asgd(self.optimizer):
+            if should_switch_to_asgd(st.val_history, val_loss, cfg.optim.nonmono):
+                log.info("switching to ASGD after epoch %d", st.epoch)
+                self.optimizer = make_asgd(self.model, st.lr, cfg.optim.weight_decay)
+                st.asgd_epoch = st.epoch + 1
+        elif cfg.optim.name is Optimizer.sgd and st.stage_epoch >= cfg.optim.lr_decay_start:
+            st.lr *= cfg.optim.lr_decay
+        st.val_history.append(val_loss)
+
+    # ---------------------------------------------------------- checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly where the loop stands."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer_kind": "asgd" if is_asgd(self.optimizer) else "sgd",
+            "optimizer": self.optimizer.state_dict(),
+            "trainer": asdict(self.state),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "hidden": [list(layer) for layer in self.hidden] if self.hidden is not None else None,
+        }
+
+    def load_state_dict(self, payload: dict[str, Any]) -> None:
+        self.model.load_state_dict(payload["model"])
+        wd = self.cfg.optim.weight_decay
+        make = make_asgd if payload["optimizer_kind"] == "asgd" else make_sgd
+        self.optimizer = make(self.model, self.cfg.optim.lr, wd)
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.state = TrainState(**payload["trainer"])
+        self.generator.set_state(payload["generator"])
+        torch.set_rng_state(payload["torch_rng"])
+        if payload["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(payload["cuda_rng"])
+        hidden = payload["hidden"]
+        self.hidden = [tuple(layer) for layer in hidden] if hidden is not None else None
