@@ -1,0 +1,74 @@
+"""``rnnlm train resume=RUN_DIR [budget overrides]``: continue a run in its own directory.
+
+The run's saved config (``RUN_DIR/.hydra/config.yaml``) is used as it is; only
+budget keys may change. Hydra is not involved, so nothing in ``RUN_DIR/.hydra``
+is rewritten and no new run directory appears.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ..config import ConfigError, RunConfig
+from ..data import DataError
+from ..results import read_csv
+from ..run import LAST, train
+from ..training import CheckpointError
+from .errors import EXIT_INTERRUPTED, fail
+
+BUDGET_KEYS = ("trainer.max_epochs", "trainer.max_minutes", "trainer.finetune_epochs", "trainer.progress", "device")
+
+
+def setup_logging(run_dir: Path) -> None:
+    """Console plus the run's own log file (appended), like Hydra's job logging."""
+    fmt = logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(run_dir / "rnnlm_train.log")):
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+
+
+def load_saved_config(run_dir: Path, changes: list[str]) -> RunConfig:
+    saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    schema = OmegaConf.structured(RunConfig)
+    merged = OmegaConf.merge(schema, saved, OmegaConf.from_dotlist(changes))
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+def resume_command(argv: list[str]) -> int:
+    resumes = [a for a in argv if a.startswith("resume=")]
+    changes = [a for a in argv if not a.startswith("resume=")]
+    if len(resumes) > 1:
+        return fail("give one resume=RUN_DIR")
+    run_dir = Path(resumes[0].split("=", 1)[1]).expanduser()
+    if not (run_dir / ".hydra" / "config.yaml").is_file():
+        return fail(f"resume={run_dir} is not a run directory (no .hydra/config.yaml); give the directory of the run to continue")
+    if not (run_dir / LAST).is_file():
+        return fail(f"resume={run_dir} has no checkpoint ({LAST}) to continue from; start a new run instead")
+    for change in changes:
+        key = change.split("=", 1)[0]
+        if "=" not in change or key not in BUDGET_KEYS:
+            return fail(f"{change!r} cannot change on resume: the run keeps its saved config; only {', '.join(BUDGET_KEYS)} may be given")
+    if (run_dir / "result.csv").is_file():
+        (row,) = read_csv(run_dir / "result.csv") or [{}]
+        if row.get("status") == "completed":
+            return fail(f"resume={run_dir}: that run already completed; nothing to resume")
+    try:
+        cfg = load_saved_config(run_dir, changes)
+    except (ConfigError, OmegaConfBaseException) as exc:
+        return fail(f"resume={run_dir}: {str(exc).strip().splitlines()[0]}")
+    saved_overrides = OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
+    setup_logging(run_dir)
+    try:
+        result = train(cfg, run_dir, overrides=[*saved_overrides, *changes], resume=True)
+    except (ConfigError, DataError, CheckpointError) as exc:
+        return fail(str(exc))
+    if result["status"] == "interrupted":
+        return EXIT_INTERRUPTED
+    return 1 if result["status"] == "diverged" else 0
