@@ -1,0 +1,149 @@
+"""Training-step speed of rnnlm's AWD-LSTM at real sizes, side by side in one process.
+
+    python scripts/bench.py [--repeats 5] [--device cpu]
+
+Times full training steps (forward, AR/TAR, backward, clipping, SGD step) of the
+AWD-LSTM PTB model (V=10k, 400/1150/3 layers, batch 20, bptt 70) in variants that
+differ by one dropout, interleaved so machine noise hits all alike, and reports
+medians. Also measures the fp32 matmul peak of this machine and the fraction of
+it the model achieves (model FLOPs = 3 x forward matmul FLOPs per token, the
+usual fwd + 2 x bwd count). Prints a table; the LAST line is one JSON object:
+
+    tokens_per_second        AWD training throughput (all dropouts on)
+    weight_drop_ratio        step time with / without WeightDrop      (target <= 1.05)
+    embedding_dropout_ratio  step time with / without embedding dropout (target <= 1.05)
+    flops_fraction           achieved model FLOP/s / measured matmul peak (target >= 0.55)
+    variational_*_ratio ...  step-loop LSTM layer vs nn.LSTM (scripts/bench_step_lstm.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from rnnlm.config import DropoutConfig, ModelConfig, RecurrentDropoutConfig, RecurrentKind  # noqa: E402
+from rnnlm.model import AWDLSTM  # noqa: E402
+from rnnlm.training.regularization import (  # noqa: E402
+    activation_regularization,
+    temporal_activation_regularization,
+)
+
+VOCAB, BATCH, BPTT = 10_000, 20, 70
+
+
+def forward_flops_per_token(model: AWDLSTM) -> float:
+    """Matmul FLOPs of one forward per token: 2 x (LSTM gate GEMMs + decoder)."""
+    macs = sum(4 * out * (inp + out) for inp, out in zip(model.sizes[:-1], model.sizes[1:]))
+    macs += model.decoder.weight.numel()
+    return 2.0 * macs
+
+
+def matmul_peak(device: torch.device, n: int = 2048, repeats: int = 10) -> float:
+    """Best fp32 GEMM FLOP/s over ``repeats`` n x n x n products."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    best = 0.0
+    for _ in range(repeats):
+        sync(device)
+        t = time.perf_counter()
+        a @ b
+        sync(device)
+        best = max(best, 2 * n**3 / (time.perf_counter() - t))
+    return best
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+class StepTimer:
+    """One AWD training step of a model built from ``dropout``."""
+
+    def __init__(self, dropout: DropoutConfig, device: torch.device) -> None:
+        torch.manual_seed(0)
+        self.model = AWDLSTM(VOCAB, ModelConfig(), dropout).to(device).train()
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=1.0, weight_decay=1.2e-6)
+        self.inputs = torch.randint(0, VOCAB, (BPTT, BATCH), device=device)
+        self.targets = torch.randint(0, VOCAB, (BPTT, BATCH), device=device)
+        self.hidden = self.model.init_hidden(BATCH)
+        self.device = device
+
+    def __call__(self) -> float:
+        sync(self.device)
+        t = time.perf_counter()
+        self.opt.zero_grad(set_to_none=True)
+        out = self.model(self.inputs, self.hidden)
+        loss = F.cross_entropy(out.logits.flatten(0, 1), self.targets.flatten())
+        loss = loss + activation_regularization(out.output, 2.0) + temporal_activation_regularization(out.raw_output, 1.0)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 0.25)
+        self.opt.step()
+        sync(self.device)
+        return time.perf_counter() - t
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps per variant (median)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--skip-step-loop", action="store_true", help="skip the step-loop LSTM ratios")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+
+    awd = DropoutConfig()  # the AWD PTB rates, WeightDrop element 0.5
+    variants = {
+        "awd": awd,
+        "no_weight_drop": replace(awd, recurrent=RecurrentDropoutConfig(RecurrentKind.weight_drop, 0.0)),
+        "no_embedding_dropout": replace(awd, embedding=0.0),
+    }
+    timers = {name: StepTimer(cfg, device) for name, cfg in variants.items()}
+    for timer in timers.values():  # warm-up (allocator, kernels)
+        timer()
+    times: dict[str, list[float]] = {name: [] for name in timers}
+    for _ in range(args.repeats):
+        for name, timer in timers.items():
+            times[name].append(timer())
+    median = {name: statistics.median(ts) for name, ts in times.items()}
+
+    peak = matmul_peak(device)
+    model_flops = 3 * forward_flops_per_token(timers["awd"].model)
+    tokens = BPTT * BATCH
+    tps = tokens / median["awd"]
+    result = {
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "tokens_per_second": round(tps, 1),
+        "step_seconds": round(median["awd"], 4),
+        "weight_drop_ratio": round(median["awd"] / median["no_weight_drop"], 4),
+        "embedding_dropout_ratio": round(median["awd"] / median["no_embedding_dropout"], 4),
+        "model_mflop_per_token": round(model_flops / 1e6, 1),
+        "matmul_peak_gflops": round(peak / 1e9, 1),
+        "flops_fraction": round(tps * model_flops / peak, 4),
+    }
+    print(f"AWD-LSTM step, V={VOCAB}, 400/1150/3, batch {BATCH}, bptt {BPTT}, {device}, "
+          f"{torch.get_num_threads()} threads, median of {args.repeats}")
+    print(f"{'variant':<24}{'step s':>10}{'tokens/s':>12}")
+    for name in timers:
+        print(f"{name:<24}{median[name]:>10.3f}{tokens / median[name]:>12.1f}")
+    print(f"matmul peak {peak / 1e9:.1f} GFLOP/s, model {model_flops / 1e6:.1f} MFLOP/token")
+
+    if not args.skip_step_loop:
+        from bench_step_lstm import step_loop_ratios
+
+        result.update(step_loop_ratios())
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

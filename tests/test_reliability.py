@@ -1,0 +1,251 @@
+"""Bad input, divergence, interruption and resume, atomic writes, determinism, no overwrite."""
+
+import hashlib
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import RNNLM, read_rows, rnnlm_env, run_rnnlm, start_rnnlm
+
+from rnnlm.cli import main as rnnlm_main
+from rnnlm.results import write_csv
+from rnnlm.training import CheckpointError, load_checkpoint, save_checkpoint
+
+pytestmark = pytest.mark.usefixtures("shared_data")
+
+# A short but real run: 3 epochs of 20 batches of the smoke model on PTB.
+BASE = ("experiment=smoke", "trainer.max_epochs=3", "trainer.max_batches=20", "trainer.progress=false")
+
+
+@pytest.fixture(autouse=True)
+def local_data(monkeypatch, tmp_path):
+    """In-process calls read ../shared/data and write only under tmp_path."""
+    from conftest import SHARED_DATA
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RNNLM_DATA_DIR", str(SHARED_DATA))
+    monkeypatch.setenv("RNNLM_CACHE_DIR", str(tmp_path / ".cache"))
+
+
+def val_ppls(run_dir: Path) -> list[str]:
+    return [row["val_ppl"] for row in read_rows(run_dir / "metrics.csv")]
+
+
+def digest(directory: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*")) if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run of BASE (seed 141)."""
+    cwd = tmp_path_factory.mktemp("reference")
+    proc = run_rnnlm("train", *BASE, "hydra.run.dir=run", cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return cwd / "run"
+
+
+# ------------------------------------------------------------------------ bad input
+BAD_INPUT = [
+    (["dropout.output=1.5"], "dropout.output=1.5 is outside [0, 1)"),
+    (["dropout.recurrent.rate=-0.1"], "dropout.recurrent.rate=-0.1 is outside [0, 1)"),
+    (["dropout.recurrent.kind=gal"], "expected one of [none, weight_drop, variational"),
+    (["dropout.recurrent.mask=diagonal"], "dropout.recurrent.mask=diagonal: Invalid value 'diagonal'"),
+    (["dropout.recurrent.kind=variational", "dropout.recurrent.mask=row"],
+     "dropout.recurrent.mask=row does not go with dropout.recurrent.kind=variational; choose one of: tied, untied"),
+    (["dataset=ptb2"], "dataset=ptb2 is not a known option; choose one of: ptb, wikitext2"),
+    (["experiment=awd"], "experiment=awd is not a known option; choose one of: awd_lstm_ptb"),
+    (["trainer.max_epochs=0"], "trainer.max_epochs=0 must be a positive number"),
+    (["trainer.bptt=-5"], "trainer.bptt=-5 must be a positive number"),
+    (["dataset.batch_size=0"], "dataset.batch_size=0 must be a positive number"),
+    (["dataset.eval_batch_size=0"], "dataset.eval_batch_size=0 must be a positive number"),
+    (["seed=abc"], "seed=abc: Value 'abc' of type 'str' could not be converted to Integer"),
+    (["model.nhid=0"], "model.nhid=0 must be a positive number"),
+    (["model.size=3"], "model.size is not a config key"),
+    (["device=tpu"], "device=tpu is not a device"),
+    (["dataset.path=/no/such/dir"], "dataset.path=/no/such/dir does not exist"),
+    (["-m", "seed=1,x"], "seed=x: Value 'x' of type 'str' could not be converted to Integer"),
+]
+if not torch.cuda.is_available():
+    BAD_INPUT.append((["device=cuda"], "device=cuda but CUDA is not available here; use device=cpu"))
+
+
+@pytest.mark.parametrize("overrides,message", BAD_INPUT, ids=lambda v: " ".join(v) if isinstance(v, list) else "")
+def test_bad_input_one_line_exit_2_nothing_written(overrides, message, tmp_path, capsys):
+    code = rnnlm_main(["train", "experiment=smoke", *overrides])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert err.startswith("rnnlm: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
+
+
+@pytest.mark.parametrize("split", ["valid.txt", None])
+def test_missing_split_and_empty_corpus(split, tmp_path, capsys):
+    data = tmp_path / "corpus"
+    data.mkdir()
+    for name in ("train.txt", "valid.txt", "test.txt"):
+        (data / name).write_text("" if split is None and name == "test.txt" else "a b c\n")
+    if split:
+        (data / split).unlink()
+    code = rnnlm_main(["train", "experiment=smoke", f"dataset.path={data}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert ("valid.txt is missing" in err) if split else ("test.txt is empty" in err)
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_no_local_data_and_no_hub_says_how_to_point_at_files(tmp_path):
+    env = {**rnnlm_env(tmp_path), "RNNLM_DATA_DIR": str(tmp_path / "empty")}
+    proc = subprocess.run([RNNLM, "train", "experiment=smoke"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "dataset.path=DIR" in proc.stderr and "RNNLM_DATA_DIR" in proc.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+# ------------------------------------------------------------------------ divergence
+def test_divergence_stops_cleanly_with_status_diverged(tmp_path):
+    proc = run_rnnlm("train", *BASE, "optim.lr=1e12", "optim.clip=0", "hydra.run.dir=run", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "diverged" in proc.stderr and "Traceback" not in proc.stderr
+    (result,) = read_rows(tmp_path / "run" / "result.csv")
+    assert result["status"] == "diverged"
+    assert result["test_ppl"] == "" and result["best_val_ppl"] == ""
+
+
+# ------------------------------------------------------- determinism and no overwrite
+def test_same_seed_same_metrics(reference, tmp_path):
+    proc = run_rnnlm("train", *BASE, "hydra.run.dir=again", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert val_ppls(tmp_path / "again") == val_ppls(reference)
+    assert read_rows(tmp_path / "again" / "result.csv")[0]["test_ppl"] == read_rows(reference / "result.csv")[0]["test_ppl"]
+
+
+def test_a_new_run_never_overwrites_a_finished_run(reference, capsys):
+    before = digest(reference)
+    code = rnnlm_main(["train", *BASE, f"hydra.run.dir={reference}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "already holds a run" in err and f"resume={reference}" in err
+    assert digest(reference) == before
+
+
+def test_result_records_what_is_needed_to_rerun(reference):
+    (row,) = read_rows(reference / "result.csv")
+    assert row["overrides"] == " ".join(BASE)
+    assert row["seed"] == "141" and row["torch_version"] == torch.__version__
+    assert row["rnnlm_version"] and "git_revision" in row
+
+
+# ---------------------------------------------------------------- interrupt, resume
+def wait_for_epochs(run_dir: Path, n: int, proc, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        metrics = run_dir / "metrics.csv"
+        if metrics.exists() and len(read_rows(metrics)) >= n:
+            return
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        time.sleep(0.05)
+    raise AssertionError("run did not reach the epoch in time")
+
+
+def test_sigterm_after_epoch_then_resume_matches_uninterrupted(reference, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start_rnnlm("train", *BASE, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    wait_for_epochs(run_dir, 1, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    (row,) = read_rows(run_dir / "result.csv")
+    assert row["status"] == "interrupted"
+    interrupted_rows = len(read_rows(run_dir / "metrics.csv"))
+    assert interrupted_rows < 3
+
+    proc = run_rnnlm("train", f"resume={run_dir}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert val_ppls(run_dir) == val_ppls(reference)  # no duplicated or missing rows
+    assert [r["epoch"] for r in read_rows(run_dir / "metrics.csv")] == ["1", "2", "3"]
+    (row,) = read_rows(run_dir / "result.csv")
+    assert row["status"] == "completed"
+    assert row["test_ppl"] == read_rows(reference / "result.csv")[0]["test_ppl"]
+
+
+def test_kill_9_leaves_readable_files_and_resume_continues(reference, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start_rnnlm("train", *BASE, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    wait_for_epochs(run_dir, 1, proc)
+    time.sleep(0.3)  # somewhere in epoch 2
+    proc.kill()
+    proc.communicate()
+    assert read_rows(run_dir / "metrics.csv") and read_rows(run_dir / "result.csv")
+    load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert not list(run_dir.rglob("*.tmp"))
+    proc = run_rnnlm("train", f"resume={run_dir}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert val_ppls(run_dir) == val_ppls(reference)
+
+
+def test_resume_refuses_config_changes_and_finished_runs(reference, tmp_path, capsys):
+    assert rnnlm_main(["train", f"resume={reference}", "dropout.output=0.1"]) == 2
+    assert "cannot change on resume" in capsys.readouterr().err
+    assert rnnlm_main(["train", f"resume={reference}"]) == 2
+    assert "already completed" in capsys.readouterr().err
+    assert rnnlm_main(["train", f"resume={tmp_path}"]) == 2
+    assert "is not a run directory" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------ atomic files, checkpoints
+def test_interrupted_csv_write_leaves_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.csv"
+    write_csv(path, [{"a": 1}], ["a"])
+    before = path.read_bytes()
+
+    class Boom(Exception):
+        pass
+
+    def crash(*args, **kwargs):
+        raise Boom
+
+    monkeypatch.setattr("os.replace", crash)
+    with pytest.raises(Boom):
+        write_csv(path, [{"a": 2}], ["a"])
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.csv"]  # no temp file left
+
+
+def test_corrupt_or_foreign_checkpoints_get_a_clear_error(tmp_path):
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, {"model": {"w": torch.ones(2)}})
+    assert torch.equal(load_checkpoint(good)["model"]["w"], torch.ones(2))
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(truncated)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(CheckpointError, match="not an rnnlm checkpoint"):
+        load_checkpoint(foreign)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"format": "rnnlm-checkpoint-1", "x": Evil()}, pickled)
+    with pytest.raises(CheckpointError):  # weights_only: never executes code from the file
+        load_checkpoint(pickled)
+
+
+def test_resume_with_corrupt_checkpoint_is_one_clear_line(reference, tmp_path, capsys):
+    run_dir = tmp_path / "copy"
+    shutil.copytree(reference, run_dir)
+    (run_dir / "result.csv").write_text((run_dir / "result.csv").read_text().replace("completed", "interrupted"))
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
+    assert rnnlm_main(["train", f"resume={run_dir}"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot load checkpoint" in err and err.count("\n") == 1
