@@ -1,0 +1,192 @@
+"""``rnnlm summary DIR [DIR ...]``: aggregate finished runs over seeds.
+
+stdout carries only the tables (in ``--format``); runs left out, files written
+and errors go to stderr. Exit status: 0 on success (also when some runs
+failed), 1 when no run is left to summarise, 2 for bad DIRs, keys or options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+
+from ..atomic import atomic_write_text
+from . import tables
+from .runs import RunsError, check_keys, filter_runs, load_runs, parse_filters
+from .tables import Metric
+
+PROG = "rnnlm summary"
+GROUPING_HELP = textwrap.fill(
+    "grouping: by default, the config keys that differ between runs, except "
+    f"{', '.join(tables.BOOKKEEPING_KEYS)}. Numeric keys are rates; the others define a variant "
+    "(best by validation is per variant).",
+    width=74,
+)
+EPILOG = f"""\
+metrics: a metric names a validation/test pair; the group with the lowest
+MEAN validation value is "best" and its test value is reported, never
+selected on. ppl = best_val_ppl/test_ppl (default), loss =
+best_val_loss/test_loss, mc_ppl = mc_val_ppl/mc_test_ppl; naming either
+column selects its pair (e.g. --metric mc_test_ppl selects on mc_val_ppl).
+n counts completed runs having the validation value.
+
+{GROUPING_HELP}
+
+filters: --filter KEY=VALUE matches config/result values by type (0.5 ==
+0.50, true/false, null); repeating a KEY matches any of its values,
+different KEYs must all match.
+
+examples:
+  rnnlm summary multirun/2024-05-01/12-00-00
+  rnnlm summary sweeps/ptb sweeps/wt2 --filter dropout.recurrent.kind=variational --plot
+  rnnlm summary sweeps/ --group-by dropout.recurrent.kind dataset.name --format latex
+"""
+DESCRIPTION = """\
+Summarise rnnlm runs: mean and std over seeds per setting, and the best
+rate per variant by validation. Writes summary.csv, summary.md and best.csv
+into the first DIR."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("dirs", nargs="+", metavar="DIR", help="directories searched recursively for runs")
+    parser.add_argument("--format", choices=tables.FORMATS, default="markdown",
+                        help="stdout format (default: markdown)")
+    parser.add_argument("--metric", choices=tables.METRIC_NAMES, default="ppl", metavar="NAME",
+                        help="pair to aggregate and select on: ppl (default), loss, mc_ppl or one of their columns")
+    parser.add_argument("--group-by", nargs="+", metavar="KEY",
+                        help="group by these keys instead of the ones that differ (give DIRs before this option)")
+    parser.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
+                        help="keep runs whose KEY equals VALUE (repeatable)")
+    parser.add_argument("--plot", action="store_true", help="also write PNG figures next to summary.csv")
+    return parser
+
+
+def _tables_text(summary: pd.DataFrame, best: pd.DataFrame, metrics: list[Metric], fmt: str) -> str:
+    metric = metrics[0]
+    caption = (f"best by validation: lowest mean {metric.val_stem} per variant "
+               f"({metric.test_stem} reported at that setting)")
+    return (tables.format_table(summary, metrics, fmt) + "\n" + tables.heading(caption, fmt) + "\n"
+            + tables.format_table(best, metrics, fmt))
+
+
+def _report_left_out(left: pd.DataFrame, total: int) -> str:
+    """Lines for stderr naming every run left out of the statistics."""
+    if left.empty:
+        return ""
+    counts = ", ".join(f"{n} {status}" for status, n in left["status"].value_counts().sort_index().items())
+    lines = [f"{len(left)} of {total} runs not summarised ({counts}):"]
+    lines += [f"  {r.status:<11} {r.run_dir}" + (f"  ({r.note})" if r.note else "") for r in left.itertuples()]
+    return "\n".join(lines) + "\n"
+
+
+def _markdown_file(text: str, left: pd.DataFrame, args: argparse.Namespace, metric: Metric) -> str:
+    """summary.md: what was summarised, the tables, and the runs left out."""
+    scope = [f"Runs below: {', '.join(args.dirs)}.", f"Metric: {metric.name} (selected on {metric.val}, "
+             f"reported {metric.test})."]
+    if args.filter:
+        scope.append(f"Filters: {', '.join(args.filter)}.")
+    if args.group_by:
+        scope.append(f"Grouped by: {', '.join(args.group_by)}.")
+    parts = ["# rnnlm summary\n\n" + " ".join(scope) + "\n", text]
+    if not left.empty:
+        parts.append("### runs not summarised\n\n" + left.to_markdown(index=False) + "\n")
+    return "\n".join(parts)
+
+
+def _plot(
+    summary: pd.DataFrame, best: pd.DataFrame, used_runs: pd.DataFrame, variant_keys: list[str],
+    rate_keys: list[str], metric: Metric, out_dir: Path,
+) -> list[Path]:
+    """Write the figures; plotting imports matplotlib, so only load it when asked."""
+    from . import plots
+
+    names = used_runs.get(plots.DATASET_KEY, pd.Series(dtype=str)).astype(str).unique()
+    dataset = ", ".join(sorted(names))
+    written = []
+    if rate_keys:
+        written.append(plots.plot_rate(summary, best, variant_keys, rate_keys, metric,
+                                       out_dir / f"{metric.name}_vs_rate.png", dataset))
+    else:
+        print(f"{PROG}: no numeric grouping key, so no {metric.name}_vs_rate.png", file=sys.stderr)
+    curves = plots.plot_curves(used_runs, best, variant_keys, rate_keys, metric, out_dir / "learning_curves.png",
+                               dataset)
+    if curves is None:
+        print(f"{PROG}: no metrics.csv with {metric.curve}, so no learning_curves.png", file=sys.stderr)
+    else:
+        written.append(curves)
+    return written
+
+
+def _select(args: argparse.Namespace) -> tuple[pd.DataFrame, list[str]]:
+    """The runs below the DIRs that pass the filters, and the config keys.
+
+    Also checks the --group-by keys.
+    """
+    runs = load_runs(args.dirs)
+    frame = filter_runs(runs.frame, parse_filters(args.filter))
+    check_keys(frame, args.group_by or [], "--group-by")
+    return frame, runs.config_keys
+
+
+def _write(out_dir: Path, summary: pd.DataFrame, best: pd.DataFrame, markdown: str) -> list[Path]:
+    paths = [out_dir / "summary.csv", out_dir / "summary.md", out_dir / "best.csv"]
+    for path, text in zip(paths, (summary.to_csv(index=False), markdown, best.to_csv(index=False))):
+        atomic_write_text(path, text)
+    return paths
+
+
+def _run(args: argparse.Namespace) -> int:
+    frame, config_keys = _select(args)
+    if frame.empty:
+        print(f"{PROG}: no runs match {' '.join('--filter ' + f for f in args.filter)}", file=sys.stderr)
+        return 1
+    metric = tables.resolve_metric(args.metric)
+    used = tables.usable(frame, metric)
+    left = tables.not_summarised(frame, used, metric)
+    if not used.any():
+        sys.stderr.write(_report_left_out(left, len(frame)))
+        print(f"{PROG}: no completed runs with {metric.val} below {', '.join(args.dirs)}", file=sys.stderr)
+        return 1
+    keys = args.group_by or tables.grouping_keys(frame, config_keys)
+    variant_keys, rate_keys = tables.split_keys(frame, keys)
+    metrics = tables.reported_metrics(frame[used], metric)
+    summary = tables.summarise(frame, used, variant_keys + rate_keys, metrics)
+    best = tables.best_by_validation(summary, variant_keys, metric)
+    sys.stdout.write(_tables_text(summary, best, metrics, args.format))
+    sys.stdout.flush()
+    sys.stderr.write(_report_left_out(left, len(frame)))
+
+    out_dir = Path(args.dirs[0])
+    markdown = _markdown_file(_tables_text(summary, best, metrics, "markdown"), left, args, metric)
+    written = _write(out_dir, summary, best, markdown)
+    if args.plot:
+        written += _plot(summary, best, frame[used], variant_keys, rate_keys, metric, out_dir)
+    print(f"{PROG}: wrote {', '.join(map(str, written))}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``rnnlm summary``; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    try:
+        return _run(args)
+    except RunsError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # e.g. the first DIR is read-only
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 1

@@ -1,0 +1,303 @@
+"""Tests of ``rnnlm summary`` on synthetic run directories."""
+
+from __future__ import annotations
+
+import io
+import math
+import shutil
+import statistics
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from rnnlm.config import RunConfig
+from rnnlm.results import METRICS_COLUMNS, RESULT_COLUMNS, SETTING_COLUMNS, write_csv
+from rnnlm.summary.cli import main
+
+KIND, RATE, MASK = "dropout.recurrent.kind", "dropout.recurrent.rate", "dropout.recurrent.mask"
+
+# (kind, mask, rate) -> per-seed (best_val_ppl, test_ppl). For variational, one
+# seed at 0.4 (59.5) beats every seed at 0.2, and 0.4 has the better test mean,
+# but 0.2 has the lower MEAN validation ppl, so 0.2 must be chosen.
+SWEEP = {
+    ("variational", "tied", 0.2): [(60.0, 61.0), (61.0, 60.0), (62.0, 59.0)],
+    ("variational", "tied", 0.4): [(59.5, 57.0), (63.0, 57.5), (63.5, 56.5)],
+    ("semeniuta", "sequence", 0.2): [(70.0, 69.0), (72.0, 70.0)],
+    ("semeniuta", "sequence", 0.4): [(68.0, 67.0), (69.0, 67.5)],
+}
+
+
+def make_run(
+    run_dir: Path,
+    *,
+    seed: int = 1,
+    kind: str = "variational",
+    mask: str = "tied",
+    rate: float = 0.2,
+    val: float | None = 60.0,
+    test: float | None = 59.0,
+    status: str = "completed",
+    mc: tuple[float, float] | None = None,
+    dataset: str = "ptb",
+    epochs: int = 4,
+    result: bool = True,
+) -> Path:
+    """A run as the trainer leaves it: .hydra/, and result.csv + metrics.csv unless ``result`` is False."""
+    cfg = OmegaConf.structured(RunConfig)
+    cfg.merge_with_dotlist(
+        [f"seed={seed}", f"{KIND}={kind}", f"{MASK}={mask}", f"{RATE}={rate}", f"dataset.name={dataset}",
+         f"dataset.path=/data/{seed}", "device=auto"]
+    )
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create([f"seed={seed}", f"{RATE}={rate}"]), run_dir / ".hydra" / "overrides.yaml")
+    if not result:
+        return run_dir
+    settings = {key: getattr(OmegaConf.select(cfg, key), "value", OmegaConf.select(cfg, key))
+                for key in SETTING_COLUMNS}
+    write_csv(run_dir / "result.csv", [{
+        **settings, "dataset": dataset, "seed": seed, "status": status, "stop_reason": "max_epochs",
+        "vocab_size": 10000, "train_tokens": 929589, "valid_tokens": 73760, "test_tokens": 82430,
+        "n_params": 24_000_000, "epochs_run": epochs, "asgd_epoch": 2, "best_epoch": epochs,
+        "best_val_loss": None if val is None else math.log(val), "best_val_ppl": val,
+        "test_loss": None if test is None else math.log(test), "test_ppl": test,
+        "mc_val_ppl": mc[0] if mc else None, "mc_test_ppl": mc[1] if mc else None,
+        "eval_batch_size": 10, "test_batch_size": 1, "wall_seconds": 100.0, "device": "cuda:0",
+        "torch_version": "2.3.0", "rnnlm_version": "0.1.0", "git_revision": "abc123",
+        "overrides": f"seed={seed} {RATE}={rate}", "run_dir": str(run_dir),
+    }], RESULT_COLUMNS)
+    ppl = [(val or 100.0) * (1 + 3.0 / (e + 1) ** 1.5) + seed * 0.3 for e in range(epochs)]
+    write_csv(run_dir / "metrics.csv", [
+        {"epoch": e + 1, "stage": "train", "lr": 30.0, "optimizer": "sgd", "train_loss": 5.0, "train_ppl": 150.0,
+         "val_loss": math.log(p), "val_ppl": p, "epoch_seconds": 10.0, "tokens_per_second": 90000.0,
+         "train_tokens": 929589}
+        for e, p in enumerate(ppl)
+    ], METRICS_COLUMNS)
+    return run_dir
+
+
+def make_sweep(root: Path, sweep: dict = SWEEP, **kwargs) -> Path:
+    """One Hydra-multirun-like dir: root/0, root/1, ... per (setting, seed)."""
+    job = 0
+    for (kind, mask, rate), values in sweep.items():
+        for seed, (val, test) in enumerate(values, start=1):
+            make_run(root / str(job), seed=seed, kind=kind, mask=mask, rate=rate, val=val, test=test, **kwargs)
+            job += 1
+    return root
+
+
+def add_broken_runs(root: Path) -> dict[Path, str]:
+    """A failed, a diverged, a running and a .hydra-only run in the variational sweep: {dir: status}."""
+    return {
+        make_run(root / "90", seed=4, status="failed", val=None, test=None): "failed",
+        make_run(root / "91", seed=5, rate=0.4, status="diverged", val=None, test=None): "diverged",
+        make_run(root / "92", seed=6, status="running", val=65.0, test=None): "running",
+        make_run(root / "93", seed=7, rate=0.4, result=False): "failed",
+    }
+
+
+@pytest.fixture(scope="module")
+def sweep_template(tmp_path_factory) -> Path:
+    return make_sweep(tmp_path_factory.mktemp("template") / "sweep")
+
+
+@pytest.fixture
+def sweep(sweep_template, tmp_path) -> Path:
+    """A fresh copy of the SWEEP runs (building them once keeps the tests fast)."""
+    return Path(shutil.copytree(sweep_template, tmp_path / "sweep"))
+
+
+def read_csv_block(text: str) -> pd.DataFrame:
+    """The first CSV table of stdout (tables are separated by a '#' caption)."""
+    return pd.read_csv(io.StringIO(text.split("\n#")[0]))
+
+
+def row_of(table: pd.DataFrame, kind: str, rate: float) -> pd.Series:
+    hit = table[(table[KIND] == kind) & (table[RATE].round(6) == rate)]
+    assert len(hit) == 1, table
+    return hit.iloc[0]
+
+
+def test_runs_are_loaded_with_flattened_config_and_result_columns(sweep):
+    from rnnlm.summary.runs import load_runs
+
+    runs = load_runs([sweep])
+    assert len(runs.frame) == 10 and {KIND, RATE, "model.nhid", "optim.lr", "seed"} <= set(runs.config_keys)
+    first = runs.frame.iloc[0]
+    assert first["run_dir"] == str(sweep / "0") and first["status"] == "completed"
+    assert first["test_tokens"] == 82430 and first["device"] == "auto" and first["result.device"] == "cuda:0"
+    assert "result.seed" not in runs.frame.columns  # equal in config and result: kept once
+    assert first["result.run_dir"] != first["run_dir"]  # the copied sweep was written elsewhere
+
+
+def test_group_means_and_stds_match_hand_computed_values(sweep, capsys):
+    assert main([str(sweep)]) == 0
+    summary = pd.read_csv(sweep / "summary.csv")
+    # dataset.path and seed differ between runs too, but are bookkeeping
+    assert list(summary.columns) == [KIND, MASK, RATE, "n", "val_ppl_mean", "val_ppl_std", "test_ppl_mean",
+                                     "test_ppl_std"]
+    for (kind, _, rate), values in SWEEP.items():
+        row = row_of(summary, kind, rate)
+        vals, tests = [v for v, _ in values], [t for _, t in values]
+        assert row["n"] == len(values)
+        assert row["val_ppl_mean"] == pytest.approx(statistics.mean(vals))
+        assert row["val_ppl_std"] == pytest.approx(statistics.stdev(vals))
+        assert row["test_ppl_mean"] == pytest.approx(statistics.mean(tests))
+        assert row["test_ppl_std"] == pytest.approx(statistics.stdev(tests))
+    out = capsys.readouterr().out
+    assert "| dropout.recurrent.kind" in out and "61.00" in out and "best by validation" in out
+
+
+def test_best_by_validation_uses_mean_val_not_single_seed_nor_test(sweep, capsys):
+    assert main([str(sweep)]) == 0
+    best = pd.read_csv(sweep / "best.csv")
+    assert len(best) == 2
+    variational = best[best[KIND] == "variational"].iloc[0]
+    assert variational[RATE] == pytest.approx(0.2)  # not 0.4: lower single seed and lower test mean
+    assert variational["val_ppl_mean"] == pytest.approx(61.0)
+    assert variational["test_ppl_mean"] == pytest.approx(60.0)
+    semeniuta = best[best[KIND] == "semeniuta"].iloc[0]
+    assert semeniuta[RATE] == pytest.approx(0.4)
+    assert semeniuta["test_ppl_mean"] == pytest.approx(67.25)
+
+
+def test_single_seed_shows_dash_for_std(tmp_path, capsys):
+    make_run(tmp_path / "a", rate=0.2, val=60.0, test=59.0)
+    make_run(tmp_path / "b", rate=0.4, val=62.0, test=61.0)
+    assert main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    first_row = out.splitlines()[2]
+    assert first_row.count("—") == 2 and "60.00" in first_row, out
+    assert pd.read_csv(tmp_path / "summary.csv")["val_ppl_std"].isna().all()
+
+
+def test_broken_runs_are_counted_and_listed_and_the_rest_summarised(sweep, capsys):
+    broken = add_broken_runs(sweep)
+    assert main([str(sweep)]) == 0
+    captured = capsys.readouterr()
+    assert "4 of 14 runs not summarised (1 diverged, 2 failed, 1 running):" in captured.err
+    listed = {line.split()[1]: line.split()[0] for line in captured.err.splitlines() if line.startswith("  ")}
+    assert listed == {str(path): status for path, status in broken.items()}
+    assert f"{sweep / '93'}  (no result.csv)" in captured.err
+    summary = pd.read_csv(sweep / "summary.csv")
+    assert row_of(summary, "variational", 0.2)["n"] == 3
+    assert row_of(summary, "variational", 0.2)["val_ppl_mean"] == pytest.approx(61.0)
+    assert "runs not summarised" in (sweep / "summary.md").read_text()
+    assert "running" not in captured.out
+
+
+def test_no_completed_runs_is_an_error(tmp_path, capsys):
+    make_run(tmp_path / "0", status="failed", val=None, test=None)
+    make_run(tmp_path / "1", result=False)
+    assert main([str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "no completed runs" in err and "2 of 2 runs not summarised" in err
+    assert not (tmp_path / "summary.csv").exists()
+
+
+def test_csv_and_latex_formats(sweep, capsys):
+    assert main([str(sweep), "--format", "csv"]) == 0
+    printed = read_csv_block(capsys.readouterr().out)
+    pd.testing.assert_frame_equal(printed, pd.read_csv(sweep / "summary.csv"))
+    assert main([str(sweep), "--format", "latex"]) == 0
+    out = capsys.readouterr().out
+    assert out.count(r"\begin{tabular}") == 2
+    assert "dropout.recurrent.kind" in out and r"val\_ppl\_mean" in out and "61.00" in out
+
+
+def test_filter_is_type_aware_and_drops_constant_keys(sweep, capsys):
+    assert main([str(sweep), "--filter", f"{KIND}=variational", "--filter", f"{RATE}=0.40",
+                 "--format", "csv"]) == 0
+    printed = read_csv_block(capsys.readouterr().out)
+    assert list(printed.columns[:2]) == ["n", "val_ppl_mean"]  # nothing differs any more
+    assert printed["val_ppl_mean"].tolist() == [pytest.approx(62.0)]
+    assert main([str(sweep), "--filter", f"{KIND}=semeniuta", "--filter", f"{KIND}=variational",
+                 "--filter", "dropout.locked=true", "--filter", "dataset.name=ptb", "--format", "csv"]) == 0
+    assert len(read_csv_block(capsys.readouterr().out)) == 4
+    assert main([str(sweep), "--filter", "dropout.locked=false"]) == 1
+    assert "no runs match" in capsys.readouterr().err
+
+
+def test_group_by_explicit_keys(sweep, capsys):
+    assert main([str(sweep), "--group-by", KIND, "--format", "csv"]) == 0
+    printed = read_csv_block(capsys.readouterr().out).set_index(KIND)
+    vals = [v for (kind, _, _), values in SWEEP.items() if kind == "variational" for v, _ in values]
+    assert printed.loc["variational", "n"] == 6
+    assert printed.loc["variational", "val_ppl_mean"] == pytest.approx(statistics.mean(vals))
+    assert printed.loc["variational", "val_ppl_std"] == pytest.approx(statistics.stdev(vals))
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("--filter", "recurrent.knd=variational", f"unknown key 'recurrent.knd' in --filter; did you mean: {KIND}"),
+        ("--group-by", "recurrent.knd", f"unknown key 'recurrent.knd' in --group-by; did you mean: {KIND}"),
+        ("--filter", "variational", "--filter 'variational' is not KEY=VALUE"),
+    ],
+)
+def test_bad_keys_give_one_line_and_exit_2(sweep, capsys, option, value, expected):
+    assert main([str(sweep), option, value]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], lines
+
+
+def test_outputs_go_into_the_first_dir(sweep, tmp_path, capsys):
+    second = make_sweep(tmp_path / "wt2", dataset="wikitext2")
+    assert main([str(sweep), str(second)]) == 0
+    for name in ("summary.csv", "summary.md", "best.csv"):
+        assert (sweep / name).is_file() and not (second / name).exists()
+    assert not list(sweep.glob(".*.tmp"))
+    summary = pd.read_csv(sweep / "summary.csv")
+    assert summary.columns[0] == "dataset.name" and len(summary) == 8
+    assert len(pd.read_csv(sweep / "best.csv")) == 4  # best rate per (dataset, kind, mask)
+    assert "| dataset.name" in (sweep / "summary.md").read_text()
+
+
+def test_mc_columns_and_metric_selection(sweep, tmp_path, capsys):
+    assert main([str(sweep)]) == 0
+    assert "mc_val_ppl_mean" not in pd.read_csv(sweep / "summary.csv").columns
+    mc_root = tmp_path / "mc"
+    make_run(mc_root / "0", seed=1, rate=0.2, val=60.0, test=59.0, mc=(58.0, 57.0))
+    make_run(mc_root / "1", seed=2, rate=0.2, val=62.0, test=61.0, mc=(60.0, 59.0))
+    make_run(mc_root / "2", seed=1, rate=0.4, val=61.5, test=60.0, mc=(57.0, 58.0))
+    assert main([str(mc_root)]) == 0
+    summary = pd.read_csv(mc_root / "summary.csv")
+    assert {"mc_val_ppl_mean", "mc_val_ppl_std", "mc_test_ppl_mean", "mc_test_ppl_std"} <= set(summary.columns)
+    assert pd.read_csv(mc_root / "best.csv")[RATE].tolist() == [pytest.approx(0.2)]  # val ppl 61 < 61.5
+    assert main([str(mc_root), "--metric", "mc_test_ppl"]) == 0  # selects on mc_val_ppl
+    best = pd.read_csv(mc_root / "best.csv")
+    assert best[RATE].tolist() == [pytest.approx(0.4)] and best.columns[2] == "mc_val_ppl_mean"
+    capsys.readouterr()
+    assert main([str(mc_root), "--metric", "best_val_loss", "--format", "csv"]) == 0
+    printed = read_csv_block(capsys.readouterr().out)
+    assert printed["val_loss_mean"].tolist() == pytest.approx([math.log(60 * 62) / 2, math.log(61.5)])
+
+
+def test_no_numeric_key_and_plots(tmp_path, capsys):
+    make_run(tmp_path / "0", seed=1, kind="variational", mask="tied")
+    make_run(tmp_path / "1", seed=1, kind="semeniuta", mask="sequence")
+    assert main([str(tmp_path), "--plot"]) == 0
+    err = capsys.readouterr().err
+    assert "no numeric grouping key" in err
+    assert len(pd.read_csv(tmp_path / "best.csv")) == 2
+    assert (tmp_path / "learning_curves.png").stat().st_size > 0
+
+
+def test_plot_files_are_written(sweep, capsys):
+    add_broken_runs(sweep)
+    assert main([str(sweep), "--plot"]) == 0
+    for name in ("ppl_vs_rate.png", "learning_curves.png"):
+        data = (sweep / name).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 10_000
+
+
+def test_missing_or_empty_dir_is_one_line_exit_2(tmp_path, capsys):
+    assert main([str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"rnnlm summary: error: {tmp_path / 'nope'}: no such directory"]
+    assert main([str(tmp_path)]) == 2
+    assert "no runs found" in capsys.readouterr().err
