@@ -99,8 +99,12 @@ class ModelConfig:
     nhid: int = 1150
     nlayers: int = 3
     tie_weights: bool = True
+    # Zaremba et al. 2014: every parameter ~ U(-init_range, init_range). None: AWD init
+    # (embedding and decoder U(-0.1, 0.1), decoder bias 0, LSTMs as nn.LSTM).
+    init_range: Optional[float] = None
 
     def __post_init__(self) -> None:
+        _check_positive("model.init_range", self.init_range, allow_none=True)
         _check_positive("model.emsize", self.emsize)
         _check_positive("model.nhid", self.nhid)
         _check_positive("model.nlayers", self.nlayers)
