@@ -48,7 +48,7 @@ def forward_flops_per_token(model: AWDLSTM) -> float:
     return 2.0 * macs
 
 
-def matmul_peak(device: torch.device, n: int = 2048, repeats: int = 10) -> float:
+def matmul_peak(device: torch.device, n: int = 2048, repeats: int = 20) -> float:
     """Best fp32 GEMM FLOP/s over ``repeats`` n x n x n products."""
     a = torch.randn(n, n, device=device)
     b = torch.randn(n, n, device=device)
@@ -107,6 +107,7 @@ def main() -> None:
         "no_weight_drop": replace(awd, recurrent=RecurrentDropoutConfig(RecurrentKind.weight_drop, 0.0)),
         "no_embedding_dropout": replace(awd, embedding=0.0),
     }
+    peak_before = matmul_peak(device)
     timers = {name: StepTimer(cfg, device) for name, cfg in variants.items()}
     for timer in timers.values():  # warm-up (allocator, kernels)
         timer()
@@ -116,7 +117,8 @@ def main() -> None:
             times[name].append(timer())
     median = {name: statistics.median(ts) for name, ts in times.items()}
 
-    peak = matmul_peak(device)
+    # The best of two measurements around the timings: a busy machine lowers the peak.
+    peak = max(peak_before, matmul_peak(device))
     model_flops = 3 * forward_flops_per_token(timers["awd"].model)
     tokens = BPTT * BATCH
     tps = tokens / median["awd"]

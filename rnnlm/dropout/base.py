@@ -28,5 +28,10 @@ def set_mc_dropout(model: nn.Module, on: bool) -> None:
 
 
 def bernoulli_mask(shape, p: float, like: torch.Tensor) -> torch.Tensor:
-    """Inverted-dropout mask of ``shape``: 0 with probability p, else 1/(1-p)."""
-    return like.new_empty(shape).bernoulli_(1.0 - p).div_(1.0 - p)
+    """Inverted-dropout mask of ``shape``: 0 with probability p, else 1/(1-p).
+
+    Drawn as ``U >= p`` with U ~ U[0, 1), i.e. Bernoulli(1 - p): on CPU this is ~4x
+    faster than ``Tensor.bernoulli_`` (16 vs 63 ms for a 4600 x 1150 W_hh mask),
+    which is what keeps WeightDrop's cost small.
+    """
+    return torch.rand(shape, dtype=like.dtype, device=like.device).ge_(p).div_(1.0 - p)
