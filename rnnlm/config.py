@@ -213,8 +213,12 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 141
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # CPU threads of this run (torch.set_num_threads); None: torch's default (all cores).
+    # When K jobs share a machine (joblib launcher), give each cores / K.
+    threads: Optional[int] = None
 
     def __post_init__(self) -> None:
+        _check_positive("threads", self.threads, allow_none=True)
         dev = self.device
         if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
             raise ConfigError(f"device={dev} is not a device; use auto, cpu, cuda or cuda:N.")

@@ -124,6 +124,8 @@ def train(
     With ``resume=True`` the run continues from ``run_dir/checkpoints/last.pt``.
     """
     device = resolve_device(cfg.device)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     corpus, model = build(cfg, device)
     files = RunFiles(run_dir, cfg, overrides, device)

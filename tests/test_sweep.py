@@ -77,7 +77,7 @@ def test_a_failing_job_does_not_stop_the_sweep_and_is_reported(tmp_path):
 
 def test_joblib_launcher_runs_two_jobs_in_parallel(tmp_path):
     proc = run_rnnlm(
-        "train", "-m", *QUICK, "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+        "train", "-m", *QUICK, "seed=1,2", "threads=1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
         "hydra.sweep.dir=sweep", cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
