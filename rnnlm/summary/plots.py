@@ -220,7 +220,8 @@ def _curve_label(row: pd.Series, rate_keys: list[str], stats: pd.DataFrame) -> s
 
 
 def _curve_line(ax: Axes, stats: pd.DataFrame, colour: Any, label: str) -> None:
-    ax.plot(stats["epoch"], stats["mean"], color=colour, label=label, linewidth=1.5)
+    ax.plot(stats["epoch"], stats["mean"], color=colour, label=label, linewidth=1.5,
+            marker="o" if len(stats) <= 30 else None, markersize=3)
     band = stats["std"].fillna(0)
     ax.fill_between(stats["epoch"], stats["mean"] - band, stats["mean"] + band, color=colour, alpha=0.2,
                     linewidth=0)
