@@ -110,8 +110,21 @@ class RunFiles:
         write_csv(self.path("metrics.csv"), rows, METRICS_COLUMNS)
 
 
+def check_batch_sizes(cfg: RunConfig, corpus: Corpus) -> None:
+    """Each split must give every batch column at least two tokens (an input and a target)."""
+    ds = cfg.dataset
+    for key, split in (("batch_size", "train"), ("eval_batch_size", "valid"), ("test_batch_size", "test")):
+        size, tokens = getattr(ds, key), getattr(corpus, split).numel()
+        if tokens < 2 * size:
+            raise ConfigError(
+                f"dataset.{key}={size} is too large for the {tokens}-token {split} split; "
+                f"use at most {tokens // 2}."
+            )
+
+
 def build(cfg: RunConfig, device: torch.device) -> tuple[Corpus, AWDLSTM]:
     corpus = load_corpus(cfg.dataset.name.value, path=cfg.dataset.path, cache_dir=cfg.dataset.cache_dir)
+    check_batch_sizes(cfg, corpus)
     model = AWDLSTM(len(corpus.vocab), cfg.model, cfg.dropout).to(device)
     return corpus, model
 

@@ -67,6 +67,8 @@ BAD_INPUT = [
     (["dataset.eval_batch_size=0"], "dataset.eval_batch_size=0 must be a positive number"),
     (["seed=abc"], "seed=abc: Value 'abc' of type 'str' could not be converted to Integer"),
     (["model.nhid=0"], "model.nhid=0 must be a positive number"),
+    (["dataset.test_batch_size=100000"], "dataset.test_batch_size=100000 is too large for the 82430-token test split"),
+    (["threads=0"], "threads=0 must be a positive number"),
     (["model.size=3"], "model.size is not a config key"),
     (["device=tpu"], "device=tpu is not a device"),
     (["dataset.path=/no/such/dir"], "dataset.path=/no/such/dir does not exist"),

@@ -25,8 +25,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from ..config import ConfigError, RunConfig
-from ..data import DataError, load_corpus
-from ..run import holds_run, resolve_device, train
+from ..data import Corpus, DataError, load_corpus
+from ..run import check_batch_sizes, holds_run, resolve_device, train
 from .errors import EXIT_INTERRUPTED, UsageError, describe, fail
 
 log = logging.getLogger("rnnlm")
@@ -120,7 +120,7 @@ def preflight(argv: list[str]) -> None:
     search = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir else []
     if config_dir and not Path(config_dir).is_dir():
         raise UsageError(f"--config-dir {config_dir} is not a directory")
-    checked_data: set[tuple[Any, ...]] = set()
+    corpora: dict[tuple[Any, ...], Corpus] = {}
     with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
         for job in expand_jobs(overrides, multirun, search):
             cfg = compose("config", overrides=[*search, *job], return_hydra_config=True)
@@ -130,9 +130,9 @@ def preflight(argv: list[str]) -> None:
             resolve_device(run_cfg.device)
             ds = run_cfg.dataset
             key = (ds.name, ds.path, ds.cache_dir)
-            if key not in checked_data:
-                load_corpus(ds.name.value, path=ds.path, cache_dir=ds.cache_dir)
-                checked_data.add(key)
+            if key not in corpora:
+                corpora[key] = load_corpus(ds.name.value, path=ds.path, cache_dir=ds.cache_dir)
+            check_batch_sizes(run_cfg, corpora[key])
             check_fresh_directory(hydra_cfg, multirun)
 
 
