@@ -48,7 +48,7 @@ RESULT_COLUMNS = (
     "dataset",
     "seed",
     "status",  # running | completed | diverged | interrupted | failed
-    "stop_reason",  # max_epochs | max_minutes | max_batches... why training ended
+    "stop_reason",  # max_epochs | max_minutes | finetune_converged | diverged | interrupted
     "vocab_size",
     "train_tokens",
     "valid_tokens",
