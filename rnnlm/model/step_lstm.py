@@ -69,7 +69,7 @@ import math
 from typing import Callable, NamedTuple, Optional
 
 import torch
-from torch import Tensor, _VF, nn
+from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from ..config import VALID_MASKS, MaskKind, RecurrentKind
@@ -275,23 +275,23 @@ class _StepLSTMFunction(torch.autograd.Function):
 # --------------------------------------------------------------------------- the module
 
 
-class StepLSTM(StochasticModule):
+class StepLSTM(nn.LSTM, StochasticModule):
     """One-layer LSTM ``(T, B, I) -> (T, B, H)`` with per-sample recurrent dropout.
 
     ``kind``/``mask``: ``none`` (plain LSTM), ``variational`` + ``tied``/``untied``,
     ``semeniuta`` + ``sequence``/``step``, ``zoneout`` + ``step``. ``rate`` is the
     drop probability p (zoneout: z_h), ``cell_rate`` zoneout's z_c.
 
-    Parameters are those of a one-layer ``nn.LSTM`` (``weight_ih_l0 (4H, I)``,
-    ``weight_hh_l0 (4H, H)``, ``bias_ih_l0``, ``bias_hh_l0 (4H,)``, gates i, f, g, o,
-    the same init), so state dicts load both ways. ``forward`` has the ``nn.LSTM``
+    It *is* a one-layer ``nn.LSTM`` (``weight_ih_l0 (4H, I)``, ``weight_hh_l0 (4H, H)``,
+    ``bias_ih_l0``, ``bias_hh_l0 (4H,)``, gates i, f, g, o, the same init), so state
+    dicts load both ways and the mask-free path is ``nn.LSTM.forward`` itself, which
+    keeps cuDNN's flattened weights on CUDA. ``forward`` has the ``nn.LSTM``
     API; passing ``masks`` (e.g. from :meth:`sample_masks`) always runs the step
     loop with exactly those masks, whatever the mode.
     """
 
     def __init__(self, input_size: int, hidden_size: int, kind: str, rate: float, mask: str,
                  cell_rate: float = 0.0) -> None:
-        super().__init__()
         kind_, mask_ = RecurrentKind(kind), MaskKind(mask)  # ValueError on unknown names
         if kind_ not in STEP_KINDS:
             raise ValueError(f"StepLSTM kind must be one of {[k.value for k in STEP_KINDS]}, "
@@ -304,24 +304,11 @@ class StepLSTM(StochasticModule):
                 raise ValueError(f"{name}={value} must be in [0, 1)")
         if cell_rate and kind_ is not RecurrentKind.zoneout:
             raise ValueError("cell_rate only applies to kind='zoneout'")
-        self.input_size = input_size
-        self.hidden_size = hidden_size
+        super().__init__(input_size, hidden_size)
         self.kind = kind_.value
         self.mask = mask_.value
         self.rate = float(rate)
         self.cell_rate = float(cell_rate)
-        H = hidden_size
-        self.weight_ih_l0 = nn.Parameter(torch.empty(4 * H, input_size))
-        self.weight_hh_l0 = nn.Parameter(torch.empty(4 * H, H))
-        self.bias_ih_l0 = nn.Parameter(torch.empty(4 * H))
-        self.bias_hh_l0 = nn.Parameter(torch.empty(4 * H))
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """As ``nn.LSTM``: every parameter U(-1/sqrt(H), 1/sqrt(H)), in the same order."""
-        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0.0
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -stdv, stdv)
 
     @property
     def _weights(self) -> list[Tensor]:
@@ -368,10 +355,8 @@ class StepLSTM(StochasticModule):
                 masks = self.sample_masks(T, B)
             elif self.kind == "zoneout":
                 masks = self.expected_masks(T, B)
-        if masks is None:  # nothing to drop: the fused kernel, as nn.LSTM
-            out, h_n, c_n = _VF.lstm(x, hx, self._weights, True, 1, 0.0, self.training,
-                                     False, False)
-            return out, (h_n, c_n)
+        if masks is None:  # nothing to drop: nn.LSTM's fused kernel
+            return super().forward(x, hx)
         out, h_n, c_n = _StepLSTMFunction.apply(x, hx[0][0], hx[1][0], *self._weights, *masks)
         return out, (h_n.unsqueeze(0), c_n.unsqueeze(0))
 
