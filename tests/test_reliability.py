@@ -137,6 +137,13 @@ def test_a_new_run_never_overwrites_a_finished_run(reference, capsys):
     assert digest(reference) == before
 
 
+def test_a_sweep_never_writes_into_a_sweep_dir_that_holds_runs(reference, capsys):
+    before = digest(reference)
+    code = rnnlm_main(["train", "-m", *BASE, "seed=1,2", f"hydra.sweep.dir={reference.parent}"])
+    assert code == 2 and "already holds runs" in capsys.readouterr().err
+    assert digest(reference) == before
+
+
 def test_result_records_what_is_needed_to_rerun(reference):
     (row,) = read_rows(reference / "result.csv")
     assert row["overrides"] == " ".join(BASE)
