@@ -128,6 +128,11 @@ class RecurrentDropoutConfig:
                 f"dropout.recurrent.mask={self.mask.value} does not go with "
                 f"dropout.recurrent.kind={self.kind.value}; choose one of: {names}."
             )
+        if self.kind is RecurrentKind.none and self.rate:
+            raise ConfigError(
+                f"dropout.recurrent.rate={self.rate} has no effect with dropout.recurrent.kind=none; "
+                f"set dropout.recurrent.rate=0 (or use dropout/recurrent=none)."
+            )
         if self.cell_rate and self.kind is not RecurrentKind.zoneout:
             raise ConfigError(
                 f"dropout.recurrent.cell_rate={self.cell_rate} only applies to "

@@ -172,7 +172,7 @@ def train(
         on_epoch_end=end_of_epoch,
     )
     if resume:
-        trainer.load_state_dict(load_checkpoint(files.path(LAST), device))
+        trainer.load_state_dict(load_checkpoint(files.path(LAST)))  # RNG states stay on CPU
         files.write_metrics(trainer.state.metrics)  # drop rows written after last.pt
     files.write_result(**progress_fields(trainer))
 

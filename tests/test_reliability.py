@@ -59,6 +59,7 @@ BAD_INPUT = [
     (["dropout.recurrent.mask=diagonal"], "dropout.recurrent.mask=diagonal: Invalid value 'diagonal'"),
     (["dropout.recurrent.kind=variational", "dropout.recurrent.mask=row"],
      "dropout.recurrent.mask=row does not go with dropout.recurrent.kind=variational; choose one of: tied, untied"),
+    (["dropout.recurrent.kind=none"], "dropout.recurrent.rate=0.5 has no effect with dropout.recurrent.kind=none"),
     (["dataset=ptb2"], "dataset=ptb2 is not a known option; choose one of: ptb, wikitext2"),
     (["experiment=awd"], "experiment=awd is not a known option; choose one of: awd_lstm_ptb"),
     (["trainer.max_epochs=0"], "trainer.max_epochs=0 must be a positive number"),
@@ -86,6 +87,17 @@ def test_bad_input_one_line_exit_2_nothing_written(overrides, message, tmp_path,
     assert message in err
     assert err.startswith("rnnlm: error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
+
+
+def test_non_utf8_split_is_one_clear_line(tmp_path, capsys):
+    data = tmp_path / "corpus"
+    data.mkdir()
+    for name in ("train.txt", "valid.txt", "test.txt"):
+        (data / name).write_bytes(b"a b c\n" if name != "valid.txt" else b"caf\xe9\n")
+    assert rnnlm_main(["train", "experiment=smoke", f"dataset.path={data}"]) == 2
+    err = capsys.readouterr().err
+    assert "valid.txt is not UTF-8" in err and err.count("\n") == 1
+    assert not (tmp_path / "outputs").exists()
 
 
 @pytest.mark.parametrize("split", ["valid.txt", None])

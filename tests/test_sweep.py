@@ -94,10 +94,11 @@ def test_named_sweeps_compose_with_any_experiment(tmp_path):
 
     with initialize_config_module("rnnlm.configs", version_base="1.3"):
         jobs = expand_jobs(["sweep=recurrent_variants", "experiment=awd_lstm_wt2"], True, [])
-        assert len(jobs) == 8 * 3
-        assert ["dropout=gal_untied", "seed=2"] == jobs[4 * 3 + 1][:2]
-        cfg = compose("config", overrides=jobs[4 * 3 + 1])
-        assert cfg.dropout.recurrent.mask == "untied" and cfg.dataset.name == "wikitext2"
+        assert len(jobs) == 9 * 3
+        assert ["dropout/recurrent=gal_untied", "seed=2"] == jobs[5 * 3 + 1][:2]
+        cfg = compose("config", overrides=jobs[5 * 3 + 1])
+        assert cfg.dropout.recurrent.kind == "variational" and cfg.dropout.recurrent.mask == "untied"
+        assert cfg.dataset.name == "wikitext2" and cfg.dropout.input == 0.65  # the rest unchanged
         assert len(expand_jobs(["sweep=output_rate"], True, [])) == 6 * 3
         assert len(expand_jobs(["sweep=row_vs_column", "seed=7"], True, [])) == 4 * 4
 

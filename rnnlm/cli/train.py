@@ -48,16 +48,18 @@ def to_run_config(cfg: DictConfig) -> RunConfig:
 def hydra_train(dcfg: DictConfig) -> None:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
-    if holds_run(run_dir):  # preflight checks this too; two starts in one second can still meet
-        raise SystemExit(fail(f"{run_dir} already holds a run; choose a new hydra.run.dir"))
+    single_run = hc.mode == RunMode.RUN
     try:
-        cfg = to_run_config(dcfg)
-        result = train(cfg, run_dir, overrides=list(hc.overrides.task))
+        if holds_run(run_dir):  # preflight checks this too; two starts in one second can still meet
+            raise ConfigError(f"{run_dir} already holds a run; choose a new hydra.run.dir")
+        result = train(to_run_config(dcfg), run_dir, overrides=list(hc.overrides.task))
     except (ConfigError, DataError) as exc:
+        if not single_run:
+            raise  # Hydra marks this job failed and the sweep goes on
         raise SystemExit(fail(str(exc)))
     if result["status"] == "interrupted":
         raise SystemExit(EXIT_INTERRUPTED)  # also ends a sweep: the user or scheduler asked to stop
-    if result["status"] == "diverged" and hc.mode == RunMode.RUN:
+    if result["status"] == "diverged" and single_run:
         raise SystemExit(fail("training diverged (NaN/inf loss); lower optim.lr or raise optim.clip", 1))
 
 

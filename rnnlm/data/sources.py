@@ -122,6 +122,11 @@ def _read_split_files(directory: Path, origin: str) -> dict[str, bytes]:
         raw[s] = f.read_bytes()
         if not raw[s]:
             raise DataError(f"{origin}: {f} is empty; every split needs at least one line")
+        try:
+            raw[s].decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(f"{origin}: {f} is not UTF-8 text ({err.reason} at byte {err.start}); "
+                            f"convert it with e.g. iconv -t UTF-8") from None
     return raw
 
 

@@ -47,7 +47,9 @@ def evaluate_mc(
     averaged over ``samples`` stochastic passes (masks on, as in training).
 
     Each pass keeps its own hidden-state stream across segments; masks are drawn per
-    segment, exactly as during training.
+    BPTT segment, exactly as during training (Gal's LM code instead holds one mask per
+    pass over the whole stream; with locked masks the two differ only at segment
+    boundaries).
     """
     model.eval()
     set_mc_dropout(model, True)
@@ -58,14 +60,13 @@ def evaluate_mc(
             if max_batches is not None and n >= max_batches:
                 break
             inputs, targets = get_batch(data, i, bptt)
-            log_probs = []
+            log_sum = None  # log sum_k p_k(target): only the targets' probabilities are needed
             for k in range(samples):
                 out = model(inputs, hiddens[k])
                 hiddens[k] = out.hidden
-                log_probs.append(F.log_softmax(out.logits, dim=-1))  # (T, B, V)
-            # log mean_k p_k = logsumexp_k log p_k - log K
-            mean_log_prob = torch.logsumexp(torch.stack(log_probs), dim=0) - math.log(samples)
-            picked = mean_log_prob.gather(-1, targets.unsqueeze(-1))  # (T, B, 1)
+                log_p = F.log_softmax(out.logits, dim=-1).gather(-1, targets.unsqueeze(-1))  # (T, B, 1)
+                log_sum = log_p if log_sum is None else torch.logaddexp(log_sum, log_p)
+            picked = log_sum - math.log(samples)  # log mean_k p_k(target), (T, B, 1)
             total -= picked.sum().item()
             count += targets.numel()
         return total / count

@@ -1,4 +1,7 @@
-"""Graceful stop on SIGINT / SIGTERM (SLURM sends SIGTERM before preemption).
+"""Graceful stop on SIGINT, SIGTERM and SIGUSR2.
+
+SLURM sends SIGTERM before preemption or a time limit; Hydra's submitit launcher
+asks SLURM for SIGUSR2 ninety seconds before the limit (``--signal=USR2@90``).
 
 The first signal only raises a flag; the training loop polls it after each BPTT
 segment (a safe point), saves a resumable checkpoint and ends the run with
@@ -26,7 +29,8 @@ def stop_on_signals() -> Iterator[Callable[[], bool]]:
             raise KeyboardInterrupt
         received.append(signum)
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signals = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGUSR2] if hasattr(signal, "SIGUSR2") else [])
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
     try:
         yield lambda: bool(received)
     finally:

@@ -199,8 +199,8 @@ class Trainer:
             + activation_regularization(out.output, cfg.trainer.alpha)
             + temporal_activation_regularization(out.raw_output, cfg.trainer.beta)
         )
-        value = raw_loss.item()
-        if not math.isfinite(perplexity(value)) or not math.isfinite(loss.item()):
+        value, total = torch.stack([raw_loss.detach(), loss.detach()]).tolist()  # one device sync
+        if not math.isfinite(perplexity(value)) or not math.isfinite(total):
             raise Diverged(f"training loss became {value:.4g} at epoch {self.state.epoch}")
         loss.backward()
         if cfg.optim.clip > 0:
@@ -289,4 +289,5 @@ class Trainer:
         if payload["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(payload["cuda_rng"])
         hidden = payload["hidden"]
-        self.hidden = [tuple(layer) for layer in hidden] if hidden is not None else None
+        device = self.train_data.device
+        self.hidden = [tuple(t.to(device) for t in layer) for layer in hidden] if hidden is not None else None
