@@ -413,3 +413,15 @@ def test_gemm_operands_are_row_or_column_major():
     assert _dense(m) is m and _dense(m.t()).data_ptr() == m.data_ptr()  # no copy
     block = m[:, 2:5].t()
     assert _dense(block).is_contiguous() and torch.equal(_dense(block), block)
+
+
+def test_backend_probe_does_not_consume_the_global_rng():
+    """Resumed runs must draw the same masks as uninterrupted ones."""
+    from rnnlm.model import step_lstm
+
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    step_lstm._onednn_linear_available.cache_clear()
+    step_lstm._onednn_linear_available()
+    assert torch.equal(torch.rand(3), expected)
