@@ -23,6 +23,7 @@ BOOKKEEPING_KEYS = (
     "seed",
     "resume",
     "device",
+    "threads",
     "dataset.path",
     "dataset.cache_dir",
     "trainer.progress",
