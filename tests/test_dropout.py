@@ -158,3 +158,25 @@ def test_weight_drop_p0_equals_lstm_and_state_dict_round_trips():
     other.load_state_dict(wd.eval().state_dict())
     other.train().eval()
     assert torch.equal(other(x)[0], wd(x)[0])
+
+
+@pytest.mark.parametrize("shape", [(50, 40), (4, 600, 600)])  # small: serial; large: parallel chunks
+def test_bernoulli_mask_values_rate_and_reproducibility(shape):
+    from rnnlm.dropout import bernoulli_mask
+
+    like = torch.empty(0)
+    torch.manual_seed(0)
+    mask = bernoulli_mask(shape, 0.3, like)
+    assert mask.shape == shape
+    assert torch.allclose(mask[mask != 0], torch.tensor(1 / 0.7))  # values in {0, 1/(1-p)}
+    assert abs((mask > 0).float().mean().item() - 0.7) < 0.03
+    torch.manual_seed(0)
+    assert torch.equal(bernoulli_mask(shape, 0.3, like), mask)  # reproducible under the seed
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        torch.manual_seed(0)
+        assert torch.equal(bernoulli_mask(shape, 0.3, like), mask)  # whatever the thread count
+    finally:
+        torch.set_num_threads(threads)
+    assert not torch.equal(bernoulli_mask(shape, 0.3, like), mask)  # fresh draws afterwards

@@ -6,6 +6,10 @@ dropout evaluation (Gal & Ghahramani 2016, arXiv 1506.02142) sets ``mc``.
 
 from __future__ import annotations
 
+import functools
+import math
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 from torch import nn
 
@@ -27,11 +31,38 @@ def set_mc_dropout(model: nn.Module, on: bool) -> None:
             module.mc = on
 
 
-def bernoulli_mask(shape, p: float, like: torch.Tensor) -> torch.Tensor:
-    """Inverted-dropout mask of ``shape``: 0 with probability p, else 1/(1-p).
+# Large CPU masks (W_hh of AWD-size layers: 4600 x 1150) are drawn in fixed chunks from
+# independent generators on a thread pool: CPU torch.rand is a single-threaded Mersenne
+# Twister, and a WeightDrop mask costs 15 ms of it per layer and step (3 % of an AWD step
+# on 2 cores). The chunk seeds come from the global generator, so masks stay reproducible
+# under torch.manual_seed and across resume, and do not depend on the thread count.
+_PARALLEL_MIN_NUMEL = 1 << 20
+_CHUNKS = 4
 
-    Drawn as ``U >= p`` with U ~ U[0, 1), i.e. Bernoulli(1 - p): on CPU this is ~4x
-    faster than ``Tensor.bernoulli_`` (16 vs 63 ms for a 4600 x 1150 W_hh mask),
-    which is what keeps WeightDrop's cost small.
+
+@functools.cache
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rnnlm-rng")
+
+
+def bernoulli_mask(shape, p: float, like: torch.Tensor) -> torch.Tensor:
+    """Inverted-dropout mask of ``shape`` (``like``'s dtype and device): 0 with
+    probability p, else 1/(1-p).
+
+    Drawn as ``U >= p`` with U ~ U[0, 1), i.e. Bernoulli(1 - p): on CPU ~4x faster
+    than ``Tensor.bernoulli_`` (16 vs 63 ms for a 4600 x 1150 W_hh mask); large CPU
+    masks are drawn in parallel chunks (see above), ~2x faster again.
     """
-    return torch.rand(shape, dtype=like.dtype, device=like.device).ge_(p).div_(1.0 - p)
+    numel = math.prod(shape)
+    if like.device.type != "cpu" or numel < _PARALLEL_MIN_NUMEL:
+        return torch.rand(shape, dtype=like.dtype, device=like.device).ge_(p).div_(1.0 - p)
+    out = torch.empty(shape, dtype=like.dtype)
+    seeds = torch.randint(0, 2**62, (_CHUNKS,)).tolist()
+
+    def fill(chunk: torch.Tensor, seed: int) -> None:  # each chunk stays in its thread's cache
+        torch.rand(chunk.shape, generator=torch.Generator().manual_seed(seed), dtype=chunk.dtype, out=chunk)
+        chunk.ge_(p).div_(1.0 - p)
+
+    workers = max(1, min(_CHUNKS, torch.get_num_threads()))
+    list(_pool(workers).map(fill, out.view(-1).chunk(_CHUNKS), seeds))
+    return out
