@@ -13,7 +13,6 @@ O(V * D), and the gradient still reaches the embedding weight.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .base import StochasticModule, bernoulli_mask
@@ -38,9 +37,3 @@ class EmbeddingDropout(StochasticModule):
     def extra_repr(self) -> str:
         return f"p={self.p}"
 
-
-def embedding_dropout_reference(embedding: nn.Embedding, tokens: torch.Tensor, p: float) -> torch.Tensor:
-    """The AWD form (masked (V, D) copy), kept for the benchmark's side-by-side timing."""
-    weight = embedding.weight
-    mask = bernoulli_mask((weight.size(0), 1), p, weight)
-    return F.embedding(tokens, weight * mask)

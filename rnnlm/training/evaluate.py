@@ -23,14 +23,12 @@ def perplexity(loss: float) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: AWDLSTM, data: torch.Tensor, bptt: int, max_batches: int | None = None) -> float:
+def evaluate(model: AWDLSTM, data: torch.Tensor, bptt: int) -> float:
     """Mean per-token cross-entropy (nats) of ``model`` on ``data (L, B)``, masks off."""
     model.eval()
     hidden = model.init_hidden(data.size(1))
     total, count = 0.0, 0
-    for n, i in enumerate(range(0, data.size(0) - 1, bptt)):
-        if max_batches is not None and n >= max_batches:
-            break
+    for i in range(0, data.size(0) - 1, bptt):
         inputs, targets = get_batch(data, i, bptt)  # (T, B) each
         out = model(inputs, hidden)
         total += F.cross_entropy(out.logits.flatten(0, 1), targets.flatten(), reduction="sum").item()
@@ -40,9 +38,7 @@ def evaluate(model: AWDLSTM, data: torch.Tensor, bptt: int, max_batches: int | N
 
 
 @torch.no_grad()
-def evaluate_mc(
-    model: AWDLSTM, data: torch.Tensor, bptt: int, samples: int, max_batches: int | None = None
-) -> float:
+def evaluate_mc(model: AWDLSTM, data: torch.Tensor, bptt: int, samples: int) -> float:
     """MC-dropout loss (Gal & Ghahramani 2016): -log of the predictive probability
     averaged over ``samples`` stochastic passes (masks on, as in training).
 
@@ -56,9 +52,7 @@ def evaluate_mc(
     try:
         hiddens = [model.init_hidden(data.size(1)) for _ in range(samples)]
         total, count = 0.0, 0
-        for n, i in enumerate(range(0, data.size(0) - 1, bptt)):
-            if max_batches is not None and n >= max_batches:
-                break
+        for i in range(0, data.size(0) - 1, bptt):
             inputs, targets = get_batch(data, i, bptt)
             log_sum = None  # log sum_k p_k(target): only the targets' probabilities are needed
             for k in range(samples):
