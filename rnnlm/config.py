@@ -10,9 +10,9 @@ dataclasses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 
 class ConfigError(ValueError):
@@ -227,3 +227,19 @@ class RunConfig:
         dev = self.device
         if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
             raise ConfigError(f"device={dev} is not a device; use auto, cpu, cuda or cuda:N.")
+
+
+def flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as ``{"dropout.recurrent.rate": 0.5, ...}`` (the dotted config keys)."""
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def settings(cfg: RunConfig) -> dict[str, Any]:
+    """Every setting of ``cfg`` under its dotted key, enums as their values."""
+    return {key: getattr(value, "value", value) for key, value in flatten(asdict(cfg)).items()}

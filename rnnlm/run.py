@@ -18,14 +18,13 @@ import logging
 import math
 import subprocess
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from . import __version__
-from .config import ConfigError, RunConfig
+from .config import ConfigError, RunConfig, settings
 from .data import Corpus, batchify, load_corpus
 from .model import AWDLSTM, count_parameters
 from .results import METRICS_COLUMNS, RESULT_COLUMNS, SETTING_COLUMNS, write_csv
@@ -70,28 +69,13 @@ def git_revision() -> str:
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
-def flatten(cfg: RunConfig) -> dict[str, Any]:
-    """``{"dropout.recurrent.rate": 0.5, ...}`` with enums as their values."""
-    flat: dict[str, Any] = {}
-
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(f"{prefix}{key}.", value)
-        else:
-            flat[prefix[:-1]] = getattr(node, "value", node)
-
-    walk("", asdict(cfg))
-    return flat
-
-
 class RunFiles:
     """The files of one run directory and the one-row result that describes it."""
 
     def __init__(self, run_dir: Path, cfg: RunConfig, overrides: Sequence[str], device: torch.device):
         self.dir = Path(run_dir)
-        settings = flatten(cfg)
-        self.result: dict[str, Any] = {key: settings[key] for key in SETTING_COLUMNS}
+        flat = settings(cfg)
+        self.result: dict[str, Any] = {key: flat[key] for key in SETTING_COLUMNS}
         self.result.update(
             dataset=cfg.dataset.name.value, seed=cfg.seed, status="running",
             eval_batch_size=cfg.dataset.eval_batch_size, test_batch_size=cfg.dataset.test_batch_size,

@@ -10,7 +10,7 @@ from torch import nn
 
 from rnnlm.training.optim import averaged_weights, make_asgd
 from rnnlm.training.regularization import activation_regularization, temporal_activation_regularization
-from rnnlm.training.schedule import sample_seq_len, scaled_lr, should_switch_to_asgd
+from rnnlm.training.schedule import sample_seq_len, scaled_lr, nonmonotone_trigger
 
 
 @pytest.mark.parametrize(
@@ -25,7 +25,7 @@ from rnnlm.training.schedule import sample_seq_len, scaled_lr, should_switch_to_
 )
 def test_nt_asgd_trigger(history, val, expected):
     # the trigger compares with the best of all but the last nonmono=5 values
-    assert should_switch_to_asgd(history, val, nonmono=5) is expected
+    assert nonmonotone_trigger(history, val, nonmono=5) is expected
 
 
 def test_scaled_lr_is_proportional_to_segment_length():

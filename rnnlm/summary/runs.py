@@ -26,6 +26,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ..config import flatten
+
 CONFIG_FILE = Path(".hydra") / "config.yaml"
 RESULT_FILE = "result.csv"
 METRICS_FILE = "metrics.csv"
@@ -58,15 +60,6 @@ def find_run_dirs(root: Path) -> list[Path]:
     return sorted(found, key=_natural_key)
 
 
-def _flatten(node: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
-    for key, value in node.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            yield from _flatten(value, f"{name}.")
-        else:
-            yield name, str(value) if isinstance(value, list) else value
-
-
 def load_config(run_dir: Path) -> dict[str, Any]:
     """The run's ``.hydra/config.yaml`` as ``{"dotted.key": value}``.
 
@@ -81,7 +74,8 @@ def load_config(run_dir: Path) -> dict[str, Any]:
         raise RunsError(f"cannot read {run_dir / CONFIG_FILE}: not a mapping")
     raw = OmegaConf.to_container(cfg, resolve=False)
     flat = {}
-    for key, value in _flatten(raw):
+    for key, value in flatten(raw).items():
+        value = str(value) if isinstance(value, list) else value
         if isinstance(value, str) and "${" in value:
             resolved = OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
             value = value if resolved is None else resolved

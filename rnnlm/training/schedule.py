@@ -28,8 +28,10 @@ def scaled_lr(lr: float, seq_len: int, bptt: int) -> float:
     return lr * seq_len / bptt
 
 
-def should_switch_to_asgd(val_history: list[float], val_loss: float, nonmono: int) -> bool:
-    """NT-ASGD trigger: ``len(hist) > nonmono and val_loss > min(hist[:-nonmono])``.
+def nonmonotone_trigger(val_history: list[float], val_loss: float, nonmono: int) -> bool:
+    """The non-monotone trigger: ``len(hist) > nonmono and val_loss > min(hist[:-nonmono])``.
+
+    NT-ASGD switches SGD to ASGD on it; the finetune stage stops on it.
 
     ``val_history`` holds the validation losses of the earlier epochs (not the
     current ``val_loss``), exactly as awd-lstm-lm's ``best_val_loss`` list.

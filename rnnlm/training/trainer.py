@@ -32,7 +32,7 @@ from ..model import AWDLSTM, repackage_hidden
 from .evaluate import evaluate, perplexity
 from .optim import averaged_weights, is_asgd, make_asgd, make_sgd, set_lr
 from .regularization import activation_regularization, temporal_activation_regularization
-from .schedule import sample_seq_len, scaled_lr, should_switch_to_asgd
+from .schedule import sample_seq_len, scaled_lr, nonmonotone_trigger
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +219,7 @@ class Trainer:
                 raise Diverged(f"validation loss became {val_loss:.4g} at epoch {st.epoch}")
             if val_loss < st.best_val_loss:
                 st.best_val_loss, st.best_epoch = val_loss, st.epoch
-                self.save_best({k: v.detach().clone() for k, v in self.model.state_dict().items()})
+                self.save_best(self.model.state_dict())  # saved now, inside averaged_weights
         optimizer_name = "asgd" if is_asgd(self.optimizer) else "sgd"
         train_loss = st.loss_sum / max(st.tokens, 1)
         row = {
@@ -252,10 +252,10 @@ class Trainer:
         """NT-ASGD switch (or finetune stop), or Zaremba's step decay for plain SGD."""
         cfg, st = self.cfg, self.state
         if st.stage == "finetune":
-            if should_switch_to_asgd(st.val_history, val_loss, cfg.optim.nonmono):
+            if nonmonotone_trigger(st.val_history, val_loss, cfg.optim.nonmono):
                 st.stop_reason = "finetune_converged"
         elif cfg.optim.name is Optimizer.nt_asgd and not is_asgd(self.optimizer):
-            if should_switch_to_asgd(st.val_history, val_loss, cfg.optim.nonmono):
+            if nonmonotone_trigger(st.val_history, val_loss, cfg.optim.nonmono):
                 log.info("switching to ASGD after epoch %d", st.epoch)
                 self.optimizer = make_asgd(self.model, st.lr, cfg.optim.weight_decay)
                 st.asgd_epoch = st.epoch + 1
