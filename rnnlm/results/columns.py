@@ -42,6 +42,7 @@ SETTING_COLUMNS = (
     "trainer.alpha",
     "trainer.beta",
     "eval.mc_samples",
+    "eval.test_weights",
 )
 
 RESULT_COLUMNS = (

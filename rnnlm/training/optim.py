@@ -22,6 +22,17 @@ def make_asgd(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.O
     return torch.optim.ASGD(model.parameters(), lr=lr, t0=0, lambd=0.0, weight_decay=weight_decay)
 
 
+@torch.no_grad()
+def shrink_weights(model: nn.Module, shrink: float) -> None:
+    """``w *= 1 - shrink`` for every parameter, after the optimiser step.
+
+    The weight decay of Gal's LM code (``paramx:add(-weight_decay, paramx)`` after the
+    SGD update): a fixed fraction per step, unlike an L2 term that the lr scales.
+    """
+    for p in model.parameters():
+        p.mul_(1.0 - shrink)
+
+
 def is_asgd(optimizer: torch.optim.Optimizer) -> bool:
     return isinstance(optimizer, torch.optim.ASGD)
 

