@@ -1,19 +1,67 @@
-"""Shared test fixtures. Tests never touch the network."""
+"""Shared test fixtures. Tests never touch the network.
+
+Every end-to-end test (CLI, sweeps, resume, presets, summary) runs on the tiny generated
+corpus of ``tests/tiny_corpus.py``: the session fixture ``tiny_data`` writes it once and
+points ``$RNNLM_DATA_DIR`` (and ``$RNNLM_CACHE_DIR``) at temporary directories for the
+whole session, so a fresh clone with no data directory runs every test.
+
+Tests marked ``corpus`` check exact counts of the real PTB and WikiText-2 files. They run
+when the corpora are found -- ``$RNNLM_DATA_DIR`` if set, else ``../shared/data`` beside
+the repository -- and are deselected (not skipped) when they are not.
+"""
+
+from __future__ import annotations
 
 import os
 from pathlib import Path
 
 import pytest
+from tiny_corpus import DIRNAMES, write_tiny_corpus
 
 # huggingface_hub and datasets read this once, at import: set it before anything imports them.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def find_corpora() -> Path | None:
+    """The directory holding ``ptb/`` and ``wikitext-2/``, or None."""
+    env = os.environ.get("RNNLM_DATA_DIR")
+    root = Path(env).expanduser() if env else REPO.parent / "shared" / "data"
+    return root if all((root / name).is_dir() for name in DIRNAMES) else None
+
+
+# Read at import, before the tiny_data fixture replaces $RNNLM_DATA_DIR.
+CORPUS_DATA = find_corpora()
+
+
+def pytest_report_header(config):
+    if CORPUS_DATA is not None:
+        return f"benchmark corpora: {CORPUS_DATA} (tests marked 'corpus' run)"
+    return "benchmark corpora: not found ($RNNLM_DATA_DIR, ../shared/data); tests marked 'corpus' are deselected"
+
+
+def pytest_collection_modifyitems(config, items):
+    if CORPUS_DATA is not None:
+        return
+    deselected = [item for item in items if item.get_closest_marker("corpus")]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not item.get_closest_marker("corpus")]
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """``../shared/data`` beside the repository (ptb/ and wikitext-2/ with train/valid/test.txt)."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"benchmark corpora not found at {SHARED_DATA}")
-    return SHARED_DATA
+def corpus_data() -> Path:
+    """The real benchmark corpora (only tests marked ``corpus`` ask for it)."""
+    assert CORPUS_DATA is not None, "tests marked 'corpus' are deselected when the corpora are not found"
+    return CORPUS_DATA
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tiny_data(tmp_path_factory) -> Path:
+    """The tiny corpus under ``ptb/`` and ``wikitext-2/``; $RNNLM_DATA_DIR points here."""
+    root = write_tiny_corpus(tmp_path_factory.mktemp("tiny-data"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RNNLM_DATA_DIR", str(root))
+        mp.setenv("RNNLM_CACHE_DIR", str(tmp_path_factory.mktemp("corpus-cache")))
+        yield root

@@ -1,23 +1,28 @@
-"""Running the ``rnnlm`` console script in tests, offline, against ../shared/data."""
+"""Running the ``rnnlm`` console script in tests, offline, on the tiny corpus; facts about it."""
 
 from __future__ import annotations
 
 import csv
+import functools
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from conftest import SHARED_DATA
+from tiny_corpus import tiny_splits
+
+from rnnlm.data import Corpus
 
 RNNLM = str(Path(sys.executable).parent / "rnnlm")
 
 
 def rnnlm_env(cwd: Path, **extra: str) -> dict[str, str]:
+    """The environment of a test's ``rnnlm`` process: offline, reading the tiny corpus that
+    the session fixture ``tiny_data`` (conftest.py) wrote, with a corpus cache under ``cwd``."""
     return {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
-        "RNNLM_DATA_DIR": str(SHARED_DATA),
+        "RNNLM_DATA_DIR": os.environ["RNNLM_DATA_DIR"],
         "RNNLM_CACHE_DIR": str(cwd / ".cache"),
         **extra,
     }
@@ -40,3 +45,17 @@ def start_rnnlm(*args: str, cwd: Path) -> subprocess.Popen:
 def read_rows(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+@functools.cache
+def tiny() -> Corpus:
+    """The tiny corpus as every dataset preset reads it (for its vocabulary size and token counts)."""
+    return Corpus.from_lines(tiny_splits())
+
+
+def config_options(group: str) -> list[str]:
+    """The presets of a config group, from the YAML files Hydra composes (``rnnlm.configs``)."""
+    import rnnlm.configs
+
+    directory = Path(rnnlm.configs.__file__).parent / group
+    return sorted(p.stem for p in directory.glob("*.yaml"))

@@ -7,6 +7,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # read when datasets/huggingface_hub are imp
 import pandas as pd
 import pytest
 import torch
+from helpers import config_options
 
 from rnnlm.data import (
     HUB_SPLITS,
@@ -23,7 +24,12 @@ from rnnlm.data import (
     tokenize,
 )
 
-EXPECTED = {  # DESIGN 6, shared/data/README.md
+# The real benchmark files (tests marked ``corpus``): tokens per split with one <eos> per line
+# (pytorch/examples word_language_model/data.py, awd-lstm-lm data.py) and vocabulary size.
+# PTB is Mikolov's preprocessing (Mikolov et al. 2011, 10k vocabulary): 887,521 words in
+# 42,068 lines of train.txt. WikiText-2 v1 tokens and vocabulary as in Table 1 of Merity et
+# al. 2017, "Pointer Sentinel Mixture Models" (arXiv 1609.07843).
+EXPECTED = {  # name -> ($RNNLM_DATA_DIR subdirectory, tokens per split, vocabulary size)
     "ptb": ("ptb", {"train": 929_589, "valid": 73_760, "test": 82_430}, 10_000),
     "wikitext2": ("wikitext-2", {"train": 2_088_628, "valid": 217_646, "test": 245_569}, 33_278),
 }
@@ -61,10 +67,10 @@ def corpus_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def real(shared_data, corpus_cache):
-    """Both benchmark corpora, tokenised once per session into a temporary cache."""
+def real(corpus_data, corpus_cache):
+    """Both benchmark corpora, tokenised once per module into a temporary cache."""
     return {
-        name: load_corpus(name, shared_data / sub, cache_dir=corpus_cache)
+        name: load_corpus(name, corpus_data / sub, cache_dir=corpus_cache)
         for name, (sub, _, _) in EXPECTED.items()
     }
 
@@ -128,9 +134,10 @@ def test_batchify_and_get_batch():
         batchify(torch.arange(2), 3)
 
 
-# --- the benchmark corpora -------------------------------------------------------------
+# --- the benchmark corpora (marker ``corpus``: deselected when they are not found) -------
 
 
+@pytest.mark.corpus
 @pytest.mark.parametrize("name", EXPECTED)
 def test_real_corpus_counts(real, name):
     _, counts, vocab_size = EXPECTED[name]
@@ -144,15 +151,17 @@ def test_real_corpus_counts(real, name):
     assert corpus.vocab.itos[corpus.train[-1]] == "<eos>"
 
 
+@pytest.mark.corpus
 @pytest.mark.parametrize("name", EXPECTED)
-def test_real_corpus_cache_hit(real, shared_data, corpus_cache, name, no_tokenize):
-    corpus = load_corpus(name, shared_data / EXPECTED[name][0], cache_dir=corpus_cache)
+def test_real_corpus_cache_hit(real, corpus_data, corpus_cache, name, no_tokenize):
+    corpus = load_corpus(name, corpus_data / EXPECTED[name][0], cache_dir=corpus_cache)
     assert_same(corpus, real[name])
 
 
+@pytest.mark.corpus
 @pytest.mark.parametrize("name", EXPECTED)
-def test_data_dir_env(real, shared_data, corpus_cache, monkeypatch, name, no_tokenize):
-    monkeypatch.setenv("RNNLM_DATA_DIR", str(shared_data))
+def test_data_dir_env(real, corpus_data, corpus_cache, monkeypatch, name, no_tokenize):
+    monkeypatch.setenv("RNNLM_DATA_DIR", str(corpus_data))
     assert_same(load_corpus(name, cache_dir=corpus_cache), real[name])
 
 
@@ -272,15 +281,16 @@ def test_error_empty_split(tmp_path):
 
 def test_error_unknown_dataset():
     message = data_error(load_corpus, "imdb")
-    assert "unknown dataset.name='imdb'" in message and "ptb, wikitext2" in message
+    assert "unknown dataset.name='imdb'; choose one of: " in message
+    assert all(name in message for name in config_options("dataset"))
 
 
-@pytest.mark.parametrize("name", EXPECTED)
+@pytest.mark.parametrize("name", config_options("dataset"))
 def test_error_offline_without_local_data(tmp_path, monkeypatch, name):
-    monkeypatch.setenv("RNNLM_DATA_DIR", str(tmp_path))  # exists, but has no ptb/ or wikitext-2/
+    monkeypatch.setenv("RNNLM_DATA_DIR", str(tmp_path))  # exists, but has no dataset directory
     message = data_error(load_corpus, name)
     assert f"no local {name} data" in message
-    assert f"RNNLM_DATA_DIR={tmp_path} has no {EXPECTED[name][0]}/" in message
+    assert f"RNNLM_DATA_DIR={tmp_path} has no {sources.DATASETS[name].dirname}/" in message
     assert "dataset.path=DIR" in message and "train.txt, valid.txt, test.txt" in message
     assert not list(tmp_path.glob("rnnlm-cache/*"))
 

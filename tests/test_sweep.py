@@ -1,14 +1,16 @@
-"""Sweeps through the console script, summarised by ``rnnlm summary``."""
+"""Sweeps through the console script on the tiny corpus, summarised by ``rnnlm summary``."""
 
+import itertools
 import statistics
 
 import pytest
-from helpers import read_rows, run_rnnlm
+from helpers import config_options, read_rows, run_rnnlm
 
-pytestmark = pytest.mark.usefixtures("shared_data")
+from rnnlm.cli import main as rnnlm_main
 
-# One short epoch of the smoke model per job.
-QUICK = ("experiment=smoke", "trainer.max_epochs=1", "trainer.max_batches=5", "trainer.progress=false")
+# One short epoch of the smoke model per job: 5 batches of 4 x 10 tokens.
+QUICK = ("experiment=smoke", "dataset.batch_size=4", "trainer.bptt=10", "trainer.max_epochs=1",
+         "trainer.max_batches=5", "trainer.progress=false")
 
 
 def job_results(sweep_dir):
@@ -49,32 +51,31 @@ def test_summary_means_equal_the_runs_own_results(grid, tmp_path):
 
 
 @pytest.mark.parametrize("fmt,marker", [("markdown", "|"), ("latex", "\\begin{tabular}"), ("csv", "val_ppl_mean")])
-def test_summary_formats(grid, tmp_path, fmt, marker):
-    proc = run_rnnlm("summary", str(grid), "--format", fmt, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert marker in proc.stdout and "dropout.output" in proc.stdout
+def test_summary_formats(grid, capsys, fmt, marker):
+    assert rnnlm_main(["summary", str(grid), "--format", fmt]) == 0
+    out = capsys.readouterr().out
+    assert marker in out and "dropout.output" in out
 
 
-def test_summary_plots_are_written(grid, tmp_path):
-    proc = run_rnnlm("summary", str(grid), "--plot", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+def test_summary_plots_are_written(grid, capsys):
+    assert rnnlm_main(["summary", str(grid), "--plot"]) == 0
     pngs = list(grid.glob("*.png"))
     assert len(pngs) >= 2 and all(p.stat().st_size > 10_000 for p in pngs)
 
 
-def test_a_failing_job_does_not_stop_the_sweep_and_is_reported(tmp_path):
+def test_a_failing_job_does_not_stop_the_sweep_and_is_reported(tmp_path, capsys):
     proc = run_rnnlm(
         "train", "-m", *QUICK, "optim.clip=0", "optim.lr=20,1e12", "hydra.sweep.dir=sweep", cwd=tmp_path
     )
     statuses = sorted(r["status"] for r in job_results(tmp_path / "sweep"))
     assert statuses == ["completed", "diverged"], proc.stderr[-2000:]
-    proc = run_rnnlm("summary", "sweep", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert "diverged" in proc.stderr  # listed, not silently dropped
+    assert rnnlm_main(["summary", str(tmp_path / "sweep")]) == 0
+    assert "diverged" in capsys.readouterr().err  # listed, not silently dropped
     (row,) = [r for r in read_rows(tmp_path / "sweep" / "summary.csv") if r["n"] == "1"]
     assert row["optim.lr"] == "20.0" or row["optim.lr"] == "20"
 
 
+@pytest.mark.slow
 def test_joblib_launcher_runs_two_jobs_in_parallel(tmp_path):
     proc = run_rnnlm(
         "train", "-m", *QUICK, "seed=1,2", "threads=1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
@@ -86,30 +87,51 @@ def test_joblib_launcher_runs_two_jobs_in_parallel(tmp_path):
     assert {r["status"] for r in results} == {"completed"}
 
 
-def test_named_sweeps_compose_with_any_experiment(tmp_path):
-    """`-m sweep=NAME experiment=...`: Hydra's sweeper reads the named grid (printed, not run)."""
+def sweep_jobs(*overrides: str) -> list[list[str]]:
+    """The override list of every job of ``rnnlm train -m OVERRIDES``, as Hydra's basic sweeper
+    builds them: ``hydra.sweeper.params`` of the composed config first, then the command line
+    (a key given twice keeps its last value), crossed in that key order."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    import rnnlm.cli.train  # noqa: F401  (registers the config schema)
+
+    parser = OverridesParser.create()
+    fixed = [o.input_line for o in parser.parse_overrides(list(overrides)) if not o.is_sweep_override()]
+    with initialize_config_module("rnnlm.configs", version_base="1.3"):
+        params = compose("config", overrides=fixed, return_hydra_config=True).hydra.sweeper.params or {}
+    axes: dict[str, list[str]] = {}
+    for o in parser.parse_overrides([*(f"{k}={v}" for k, v in params.items()), *overrides]):
+        key = o.get_key_element()
+        values = o.sweep_string_iterator() if o.is_sweep_override() else [o.get_value_element_as_str()]
+        axes[key] = [f"{key}={v}" for v in values]
+    return [list(job) for job in itertools.product(*axes.values())]
+
+
+def test_named_sweeps_compose_with_any_experiment():
+    """`-m sweep=NAME experiment=...`: the named grid (configs/sweep/), composed with any experiment."""
     from hydra import compose, initialize_config_module
 
-    from rnnlm.cli.train import expand_jobs
-
+    schemes = config_options("dropout/recurrent")  # recurrent_variants: every scheme x 3 seeds
+    jobs = sweep_jobs("sweep=recurrent_variants", "experiment=awd_lstm_wt2")
+    assert len(jobs) == len(schemes) * 3
+    assert sorted({job[0] for job in jobs}) == [f"dropout/recurrent={name}" for name in schemes]
+    job = ["dropout/recurrent=gal_untied", "seed=2", "sweep=recurrent_variants", "experiment=awd_lstm_wt2"]
+    assert job in jobs
     with initialize_config_module("rnnlm.configs", version_base="1.3"):
-        jobs = expand_jobs(["sweep=recurrent_variants", "experiment=awd_lstm_wt2"], True, [])
-        assert len(jobs) == 9 * 3
-        assert ["dropout/recurrent=gal_untied", "seed=2"] == jobs[5 * 3 + 1][:2]
-        cfg = compose("config", overrides=jobs[5 * 3 + 1])
-        assert cfg.dropout.recurrent.kind == "variational" and cfg.dropout.recurrent.mask == "untied"
-        assert cfg.dataset.name == "wikitext2" and cfg.dropout.input == 0.65  # the rest unchanged
-        assert len(expand_jobs(["sweep=output_rate"], True, [])) == 6 * 3
-        assert len(expand_jobs(["sweep=row_vs_column", "seed=7"], True, [])) == 4 * 4
+        cfg = compose("config", overrides=job)
+    assert cfg.dropout.recurrent.kind == "variational" and cfg.dropout.recurrent.mask == "untied"
+    assert cfg.dataset.name == "wikitext2" and cfg.dropout.input == 0.65  # the rest unchanged
+    assert len(sweep_jobs("sweep=output_rate")) == 6 * 3  # range(0.0, 0.6, 0.1) x 3 seeds
+    assert len(sweep_jobs("sweep=row_vs_column", "seed=7")) == 4 * 4  # masks x rates, one seed
 
 
-def test_slurm_launcher_composes(tmp_path):
+def test_slurm_launcher_composes(capsys):
     """The cluster path, checked by composing the config (no SLURM here)."""
-    proc = run_rnnlm(
+    assert rnnlm_main([
         "train", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.array_parallelism=8",
-        "--cfg", "hydra", cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
+        "--cfg", "hydra",
+    ]) == 0
+    out = capsys.readouterr().out
     assert "SlurmLauncher" in out and "partition: gpu" in out
     assert "array_parallelism: 8" in out and "gpus_per_node: 1" in out
