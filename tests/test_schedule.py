@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from rnnlm.training.optim import averaged_weights, make_asgd
+from rnnlm.training.optim import averaged_weights, make_asgd, make_sgd, shrink_weights
 from rnnlm.training.regularization import activation_regularization, temporal_activation_regularization
-from rnnlm.training.schedule import sample_seq_len, scaled_lr, nonmonotone_trigger
+from rnnlm.training.schedule import decays_after, nonmonotone_trigger, sample_seq_len, scaled_lr
 
 
 @pytest.mark.parametrize(
@@ -83,3 +83,35 @@ def test_asgd_averages_iterates_and_averaged_weights_swap_back():
         # restarts at step 2: ax = mean of iterates 2..t
         assert p.item() == pytest.approx((iterates[1] + iterates[2]) / 2)
     assert p.item() == -6.0
+
+
+@pytest.mark.parametrize("max_epoch,first_decayed", [(4, 6), (6, 8), (14, 16), (10, 12)])
+def test_step_decay_starts_where_main_lua_starts_it(max_epoch, first_decayed):
+    """main.lua: after validating epoch e, lr /= decay if e > max_epoch. So the first epoch
+    trained with a decayed lr is max_epoch + 2 (Zaremba small 6, large 16; Gal large 12)."""
+    main_lua = [e for e in range(1, 40) if e > max_epoch]  # epochs after which main.lua decays
+    ours = [e for e in range(1, 40) if decays_after(e, first_decayed)]
+    assert ours == main_lua
+    assert not any(decays_after(e, 0) for e in range(1, 40))  # 0 = never
+
+
+def test_finetune_cap_bounds_the_length_and_leaves_others_alone():
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    capped = [sample_seq_len(70, g1, cap=80) for _ in range(3000)]
+    free = [sample_seq_len(70, g2) for _ in range(3000)]
+    assert max(capped) == 80 and max(free) > 80
+    assert [min(f, 80) for f in free] == capped
+
+
+def test_weight_shrink_is_a_fixed_fraction_per_step_whatever_the_lr():
+    """Gal's LM code: w <- (w - lr * g) * (1 - wd) after every step."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = make_sgd(model, lr=0.01, weight_decay=0.0)
+    model(torch.randn(4, 3)).pow(2).sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    opt.step()
+    shrink_weights(model, 1e-3)
+    for p, w, g in zip(model.parameters(), before, grads):
+        torch.testing.assert_close(p.detach(), (w - 0.01 * g) * (1 - 1e-3))

@@ -16,14 +16,20 @@ from __future__ import annotations
 import torch
 
 
-def sample_seq_len(bptt: int, generator: torch.Generator, variable: bool = True) -> int:
-    """Length of the next BPTT segment (AWD ``main.py``), drawn from ``generator``."""
+def sample_seq_len(bptt: int, generator: torch.Generator, variable: bool = True,
+                   cap: int | None = None) -> int:
+    """Length of the next BPTT segment (AWD ``main.py``), drawn from ``generator``.
+
+    ``cap``: the finetune stage's upper bound (awd-lstm-lm ``finetune.py``: bptt + 10);
+    the step's lr is scaled by the capped length.
+    """
     if not variable:
         return bptt
     u = torch.rand(1, generator=generator, dtype=torch.float64).item()
     base = bptt if u < 0.95 else bptt / 2
     z = torch.randn(1, generator=generator, dtype=torch.float64).item()
-    return max(5, int(base + 5 * z))
+    seq_len = max(5, int(base + 5 * z))
+    return seq_len if cap is None else min(seq_len, cap)
 
 
 def scaled_lr(lr: float, seq_len: int, bptt: int) -> float:

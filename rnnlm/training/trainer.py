@@ -24,12 +24,12 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from ..config import Optimizer, RunConfig
 from ..data import get_batch
 from ..model import AWDLSTM, repackage_hidden
 from .evaluate import evaluate, perplexity
+from .progress import EpochProgress
 from .optim import averaged_weights, is_asgd, make_asgd, make_sgd, set_lr, shrink_weights
 from .regularization import activation_regularization, temporal_activation_regularization
 from .schedule import decays_after, nonmonotone_trigger, sample_seq_len, scaled_lr
@@ -145,25 +145,32 @@ class Trainer:
         return minutes is not None and time.monotonic() - started > 60 * minutes
 
     def train_epoch(self, started: float) -> bool:
-        """Train from ``state.position`` to the end of the epoch; True if out of time."""
+        """Train from ``state.position`` to the end of the epoch; True if out of time.
+
+        As awd-lstm-lm ``main.py``, an epoch walks the whole stream (``while position <
+        L - 2``): it ends on position, never on a count of segments, so every one of the
+        ``(L - 1) * B`` targets is trained on whatever the segment lengths turn out to
+        be. ``trainer.max_batches`` (smoke runs) is the only cap.
+        """
         cfg, st, model = self.cfg, self.state, self.model
         tc = cfg.trainer
         data = self.train_data
         batch_size = data.size(1)
-        n_batches = (data.size(0) - 2) // tc.bptt + 1
-        if tc.max_batches is not None:
-            n_batches = min(n_batches, tc.max_batches)
+        # finetune.py caps the sampled length at bptt + 10 (guarding against rare long draws)
+        cap = tc.bptt + 10 if st.stage == "finetune" else None
         if self.hidden is None:
             self.hidden = model.init_hidden(batch_size)
         model.train()
-        bar = tqdm(
-            total=n_batches, initial=st.batches, desc=f"epoch {st.epoch}", unit="batch",
-            disable=not tc.progress, leave=False, dynamic_ncols=True,
+        progress = EpochProgress(
+            f"epoch {st.epoch}", total_tokens=(data.size(0) - 1) * batch_size,
+            done_tokens=st.tokens, enabled=tc.progress,
         )
         out_of_time = False
         t0 = time.monotonic() - st.train_seconds
-        while st.position < data.size(0) - 2 and st.batches < n_batches:
-            seq_len = sample_seq_len(tc.bptt, self.generator, tc.variable_bptt)
+        while st.position < data.size(0) - 2:
+            if tc.max_batches is not None and st.batches >= tc.max_batches:
+                break
+            seq_len = sample_seq_len(tc.bptt, self.generator, tc.variable_bptt, cap=cap)
             inputs, targets = get_batch(data, st.position, seq_len)  # (T, B) each
             loss = self.train_step(inputs, targets, scaled_lr(st.lr, seq_len, tc.bptt))
             st.position += seq_len
@@ -171,18 +178,14 @@ class Trainer:
             st.loss_sum += loss * targets.numel()
             st.tokens += targets.numel()
             st.train_seconds = time.monotonic() - t0
-            bar.update(1)
-            bar.set_postfix(
-                loss=f"{loss:.3f}", ppl=f"{perplexity(loss):.1f}",
-                tok_s=f"{st.tokens / max(st.train_seconds, 1e-9):.0f}",
-            )
+            progress.update(targets.numel(), loss, st.tokens / max(st.train_seconds, 1e-9))
             if self.should_stop():
                 self.interrupted = True
                 break
             if self._budget_exceeded(started):
                 out_of_time = True
                 break
-        bar.close()
+        progress.close()
         return out_of_time
 
     def train_step(self, inputs: torch.Tensor, targets: torch.Tensor, lr: float) -> float:
