@@ -1,11 +1,12 @@
-"""Evaluation maths: per-token loss with carried state, MC-dropout averaging."""
+"""Evaluation maths: per-token loss with carried state, MC-dropout averaging (Gal's protocol)."""
 
 import math
 
 import torch
 import torch.nn.functional as F
 
-from rnnlm.config import DropoutConfig, ModelConfig, RecurrentDropoutConfig, RecurrentKind
+from rnnlm.config import DropoutConfig, MaskKind, ModelConfig, RecurrentDropoutConfig, RecurrentKind
+from rnnlm.dropout import EmbeddingDropout, mc_pass
 from rnnlm.data import batchify
 from rnnlm.model import AWDLSTM
 from rnnlm.training import evaluate, evaluate_mc, perplexity
@@ -34,12 +35,65 @@ def test_mc_equals_standard_without_dropout_and_masks_go_back_off():
 def test_mc_averages_probabilities_not_losses():
     model = model_with(DropoutConfig(0.3, 0.3, 0.3, 0.3))
     data = batchify(torch.randint(0, 30, (200,)), 4)
-    torch.manual_seed(1)
-    mc = evaluate_mc(model, data, 10, samples=4)
+    mc = evaluate_mc(model, data, 10, samples=4, seed=1)
     assert math.isfinite(mc) and mc != evaluate(model, data, 10)
     assert not any(getattr(m, "mc", False) for m in model.modules())  # switched off again
     a, b = evaluate(model, data, 10), evaluate(model, data, 10)
     assert a == b  # eval deterministic afterwards
+
+
+GAL_UNTIED = DropoutConfig(0.2, 0.5, 0.5, 0.5, True, RecurrentDropoutConfig(
+    RecurrentKind.variational, 0.2, MaskKind.untied, per_gate_input=True))
+
+
+def test_mc_of_a_model_with_only_word_dropout_is_the_deterministic_loss():
+    """Gal's MC test turns word dropout off: a model whose only dropout is word dropout
+    gives the deterministic figure; with word dropout kept on, it does not."""
+    none = RecurrentDropoutConfig(RecurrentKind.none, 0.0)
+    model = model_with(DropoutConfig(0.5, 0.0, 0.0, 0.0, True, none))
+    data = batchify(torch.randint(0, 30, (200,)), 4)
+    assert math.isclose(evaluate_mc(model, data, 10, samples=3), evaluate(model, data, 10), rel_tol=1e-6)
+    assert evaluate_mc(model, data, 10, samples=3, word_dropout=True) != evaluate(model, data, 10)
+
+
+def test_mc_loss_is_minus_log_mean_probability_over_passes_of_fixed_masks():
+    """By hand: K passes, each one forward over the whole stream under one mask set,
+    then -mean_n log((1/K) sum_k p_k(target_n)). evaluate_mc reads the stream in BPTT
+    segments; with masks held for the pass the segments change nothing."""
+    model = model_with(GAL_UNTIED).eval()
+    data = batchify(torch.randint(0, 30, (241,)), 3)  # (80, 3)
+    K, seed = 5, 11
+    probs = []
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for _ in range(K):
+            with mc_pass(model, skip=(EmbeddingDropout,)):
+                out = model(data[:-1], model.init_hidden(3))
+            probs.append(out.logits.softmax(-1).gather(-1, data[1:].unsqueeze(-1)).squeeze(-1))
+    by_hand = -torch.stack(probs).mean(0).log().mean().item()
+    assert math.isclose(evaluate_mc(model, data, 7, samples=K, seed=seed), by_hand, rel_tol=1e-5)
+    # and it is not the mean of the per-pass losses (Jensen)
+    mean_loss = -torch.stack(probs).log().mean().item()
+    assert by_hand < mean_loss
+
+
+def test_mc_masks_are_fixed_per_pass_not_per_segment():
+    model = model_with(GAL_UNTIED)
+    data = batchify(torch.randint(0, 30, (241,)), 3)
+    one_segment = evaluate_mc(model, data, 1000, samples=3, seed=2)
+    assert math.isclose(evaluate_mc(model, data, 5, samples=3, seed=2), one_segment, rel_tol=1e-5)
+
+
+def test_mc_is_reproducible_by_seed_and_leaves_the_global_rng_alone():
+    model = model_with(GAL_UNTIED)
+    data = batchify(torch.randint(0, 30, (200,)), 4)
+    torch.manual_seed(0)
+    before = torch.rand(2)
+    torch.manual_seed(0)
+    a = evaluate_mc(model, data, 10, samples=2, seed=4)
+    assert torch.equal(torch.rand(2), before)
+    assert a == evaluate_mc(model, data, 10, samples=2, seed=4)
+    assert a != evaluate_mc(model, data, 10, samples=2, seed=5)
 
 
 def test_perplexity_does_not_overflow():

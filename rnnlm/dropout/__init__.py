@@ -1,6 +1,6 @@
 """Every dropout of the literature as a small module (DESIGN 3)."""
 
-from .base import StochasticModule, bernoulli_mask, set_mc_dropout
+from .base import StochasticModule, bernoulli_mask, mc_pass, set_mc_dropout
 from .embedding import EmbeddingDropout
 from .sequence import SequenceDropout
 from .weight_drop import WeightDropLSTM
@@ -11,5 +11,6 @@ __all__ = [
     "StochasticModule",
     "WeightDropLSTM",
     "bernoulli_mask",
+    "mc_pass",
     "set_mc_dropout",
 ]

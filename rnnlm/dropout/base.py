@@ -9,26 +9,62 @@ from __future__ import annotations
 import functools
 import math
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
 
 class StochasticModule(nn.Module):
-    """A module whose randomness is on in ``train()`` and, with ``mc=True``, in ``eval()``."""
+    """A module whose randomness is on in ``train()`` and, with ``mc=True``, in ``eval()``.
+
+    Masks that are constant over time (locked, variational, WeightDrop, word-type) are
+    drawn through :meth:`held_mask`: normally afresh each forward, but inside
+    :func:`mc_pass` once per pass and then reused by every later forward of the pass.
+    Per-time-step masks (standard dropout, zoneout) are drawn every step regardless.
+    """
 
     mc: bool = False
+    _held: dict[str, torch.Tensor] | None = None
 
     @property
     def stochastic(self) -> bool:
         return self.training or self.mc
 
+    def held_mask(self, key: str, draw: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``draw()``, or inside an MC pass the mask drawn under ``key`` earlier in the pass."""
+        if self._held is None:
+            return draw()
+        if key not in self._held:
+            self._held[key] = draw()
+        return self._held[key]
+
 
 def set_mc_dropout(model: nn.Module, on: bool) -> None:
     """Switch Monte-Carlo dropout on or off for every stochastic submodule of ``model``."""
     for module in model.modules():
-        if hasattr(module, "mc"):
+        if isinstance(module, StochasticModule):
             module.mc = on
+
+
+@contextmanager
+def mc_pass(model: nn.Module, skip: tuple[type, ...] = ()) -> Iterator[None]:
+    """One stochastic pass of MC-dropout evaluation (Gal & Ghahramani 2016, arXiv 1512.05287).
+
+    Inside it every stochastic submodule of ``model`` except those of the ``skip`` types
+    has its masks on in ``eval()``, and each mask is drawn once and held for the whole
+    pass, however many forwards (BPTT segments) the pass takes, as Gal's LM code draws
+    one mask set per pass over the test stream. On exit masks are off and released.
+    """
+    modules = [m for m in model.modules() if isinstance(m, StochasticModule) and not isinstance(m, skip)]
+    for m in modules:
+        m.mc, m._held = True, {}
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.mc, m._held = False, None
 
 
 # Large CPU masks (W_hh of AWD-size layers: 4600 x 1150) are drawn in fixed chunks from

@@ -31,7 +31,7 @@ class EmbeddingDropout(StochasticModule):
         if not self.stochastic or self.p == 0:
             return emb
         weight = self.embedding.weight
-        keep = bernoulli_mask((weight.size(0),), self.p, weight)  # (V,) one per word type
+        keep = self.held_mask("keep", lambda: bernoulli_mask((weight.size(0),), self.p, weight))  # (V,)
         return emb * keep[tokens].unsqueeze(-1)  # (T, B, 1) gathered from the (V,) mask
 
     def extra_repr(self) -> str:

@@ -32,7 +32,7 @@ class SequenceDropout(StochasticModule):
             return x
         if not self.locked:
             return F.dropout(x, self.p, training=True)
-        mask = bernoulli_mask((1, x.size(1), x.size(2)), self.p, x)  # (1, B, H)
+        mask = self.held_mask("mask", lambda: bernoulli_mask((1, x.size(1), x.size(2)), self.p, x))  # (1, B, H)
         return x * mask
 
     def extra_repr(self) -> str:

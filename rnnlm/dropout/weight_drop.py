@@ -69,7 +69,7 @@ class WeightDropLSTM(StochasticModule):
         if mask is None:
             if not self.stochastic or self.p == 0:
                 return self.lstm(x, hx)
-            mask = self.sample_mask()
+            mask = self.held_mask("mask", self.sample_mask)
         weight = self.dropped_weight(mask)
         return functional_call(self.lstm, {"weight_hh_l0": weight}, (x, hx))
 

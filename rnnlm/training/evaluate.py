@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import get_batch
-from ..dropout import set_mc_dropout
+from ..dropout import EmbeddingDropout, mc_pass
 from ..model import AWDLSTM
 
 
@@ -38,31 +38,42 @@ def evaluate(model: AWDLSTM, data: torch.Tensor, bptt: int) -> float:
 
 
 @torch.no_grad()
-def evaluate_mc(model: AWDLSTM, data: torch.Tensor, bptt: int, samples: int) -> float:
-    """MC-dropout loss (Gal & Ghahramani 2016): -log of the predictive probability
-    averaged over ``samples`` stochastic passes (masks on, as in training).
+def target_log_probs(model: AWDLSTM, data: torch.Tensor, bptt: int) -> torch.Tensor:
+    """``log p(target)`` of every target of ``data (L, B)`` in stream order, ``((L-1) * B,)``,
+    with the hidden state carried across BPTT segments; dropout as the modules are set."""
+    hidden = model.init_hidden(data.size(1))
+    picked = []
+    for i in range(0, data.size(0) - 1, bptt):
+        inputs, targets = get_batch(data, i, bptt)  # (T, B) each
+        out = model(inputs, hidden)
+        hidden = out.hidden
+        log_p = F.log_softmax(out.logits, dim=-1).gather(-1, targets.unsqueeze(-1))  # (T, B, 1)
+        picked.append(log_p.flatten())
+    return torch.cat(picked)
 
-    Each pass keeps its own hidden-state stream across segments; masks are drawn per
-    BPTT segment, exactly as during training (Gal's LM code instead holds one mask per
-    pass over the whole stream; with locked masks the two differ only at segment
-    boundaries).
+
+@torch.no_grad()
+def evaluate_mc(model: AWDLSTM, data: torch.Tensor, bptt: int, samples: int, seed: int = 0,
+                word_dropout: bool = False) -> float:
+    """MC-dropout loss (Gal & Ghahramani 2016, arXiv 1512.05287):
+    ``-mean_n log((1/K) sum_k p_k(target_n))``, the predictive probability averaged over
+    ``samples`` = K stochastic passes, each over the whole stream.
+
+    Gal's protocol (BayesianRNN ``main_new_dropout_SOTA_v3.lua``, ``run_MC_test``): every
+    pass draws one set of masks and keeps it for the whole stream, across BPTT segments
+    (masks that are per time step by definition, standard dropout and zoneout, are drawn
+    per step); word (embedding) dropout is off unless ``word_dropout``. The masks come
+    from a generator seeded with ``seed``, so the figure is reproducible for a given
+    checkpoint, seed and K, and the global RNG is left as it was.
     """
     model.eval()
-    set_mc_dropout(model, True)
-    try:
-        hiddens = [model.init_hidden(data.size(1)) for _ in range(samples)]
-        total, count = 0.0, 0
-        for i in range(0, data.size(0) - 1, bptt):
-            inputs, targets = get_batch(data, i, bptt)
-            log_sum = None  # log sum_k p_k(target): only the targets' probabilities are needed
-            for k in range(samples):
-                out = model(inputs, hiddens[k])
-                hiddens[k] = out.hidden
-                log_p = F.log_softmax(out.logits, dim=-1).gather(-1, targets.unsqueeze(-1))  # (T, B, 1)
-                log_sum = log_p if log_sum is None else torch.logaddexp(log_sum, log_p)
-            picked = log_sum - math.log(samples)  # log mean_k p_k(target), (T, B, 1)
-            total -= picked.sum().item()
-            count += targets.numel()
-        return total / count
-    finally:
-        set_mc_dropout(model, False)
+    skip = () if word_dropout else (EmbeddingDropout,)
+    devices = [data.device] if data.device.type == "cuda" else []
+    log_sum = None  # log sum_k p_k(target), ((L-1) * B,)
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for _ in range(samples):
+            with mc_pass(model, skip=skip):
+                log_p = target_log_probs(model, data, bptt)
+            log_sum = log_p if log_sum is None else torch.logaddexp(log_sum, log_p)
+    return -(log_sum - math.log(samples)).mean().item()
