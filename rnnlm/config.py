@@ -124,6 +124,10 @@ class RecurrentDropoutConfig:
     mask: MaskKind = MaskKind.element
     # Zoneout only: probability of keeping the previous cell unit (z_c); `rate` is z_h.
     cell_rate: float = 0.0
+    # Variational untied only (Gal's LM code): each gate also gets its own (B, I) mask on
+    # the layer input x_t, at that layer's input rate (dropout.input for the first layer,
+    # dropout.hidden above it), instead of one locked mask shared by the four gates.
+    per_gate_input: bool = False
 
     def __post_init__(self) -> None:
         _check_rate("dropout.recurrent.rate", self.rate)
@@ -139,6 +143,11 @@ class RecurrentDropoutConfig:
             raise ConfigError(
                 f"dropout.recurrent.rate={self.rate} has no effect with dropout.recurrent.kind=none; "
                 f"set dropout.recurrent.rate=0 (or use dropout/recurrent=none)."
+            )
+        if self.per_gate_input and (self.kind, self.mask) != (RecurrentKind.variational, MaskKind.untied):
+            raise ConfigError(
+                f"dropout.recurrent.per_gate_input=true needs dropout.recurrent.kind=variational and "
+                f"mask=untied (got {self.kind.value}/{self.mask.value}); set it to false."
             )
         if self.cell_rate and self.kind is not RecurrentKind.zoneout:
             raise ConfigError(
@@ -220,6 +229,8 @@ class TrainerConfig:
 @dataclass
 class EvalConfig:
     mc_samples: int = 0  # >0: also report MC-dropout perplexities (Gal 2016), K passes
+    # Gal's MC protocol turns word (embedding) dropout off; true keeps it on in the passes.
+    mc_word_dropout: bool = False
     test_weights: TestWeights = TestWeights.best
 
     def __post_init__(self) -> None:

@@ -1,4 +1,4 @@
-"""StepLSTM: the step-loop LSTM with per-sample recurrent dropout (DESIGN 3).
+"""StepLSTM: the step-loop LSTM with per-sample recurrent dropout.
 
 Checked against ``nn.LSTM`` (no dropout) and against :func:`reference`, the defining
 equations of each paper written one gate at a time in plain PyTorch.
@@ -27,6 +27,7 @@ def one_thread():
 VARIANTS = [  # (kind, mask)
     ("variational", "tied"),
     ("variational", "untied"),
+    ("variational", "untied_x"),  # Gal's LM code: per-gate masks on x_t too
     ("semeniuta", "sequence"),
     ("semeniuta", "step"),
     ("zoneout", "step"),
@@ -40,7 +41,10 @@ def make(kind="variational", mask="tied", rate=0.5, cell_rate=0.0, dtype=torch.f
         cell_rate = 0.0
     elif cell_rate == 0.0:
         cell_rate = 0.3
-    return StepLSTM(i, h, kind, rate, mask, cell_rate=cell_rate).to(dtype)
+    input_rate = 0.0
+    if mask == "untied_x":  # per-gate input masks at the recurrent rate
+        mask, input_rate = "untied", rate
+    return StepLSTM(i, h, kind, rate, mask, cell_rate=cell_rate, input_rate=input_rate).to(dtype)
 
 
 def inputs(dtype=torch.float32, seed=1, t=T, b=B, i=I, h=H):
@@ -55,7 +59,7 @@ def reference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, masks: StepMasks = StepMasks())
     """The LSTM and its recurrent dropouts, gate by gate. x (T, B, I), h0/c0 (B, H)."""
     n = w_hh.shape[1]
     W, U, b = w_ih.split(n), w_hh.split(n), (b_ih + b_hh).split(n)  # gates i, f, g, o
-    mh, mg, zh, zc = masks
+    mh, mg, zh, zc, mx = masks
     if mh is None:
         gate_masks = [1.0] * 4
     elif mh.dim() == 2:  # Gal tied: one mask on h_{t-1} for all four gates
@@ -64,7 +68,8 @@ def reference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, masks: StepMasks = StepMasks())
         gate_masks = list(mh)
     h, c, outs = h0, c0, []
     for t in range(x.shape[0]):
-        pre = [x[t] @ W[k].T + (h * gate_masks[k]) @ U[k].T + b[k] for k in range(4)]
+        xs = [x[t]] * 4 if mx is None else [x[t] * mx[k] for k in range(4)]  # Gal: per gate
+        pre = [xs[k] @ W[k].T + (h * gate_masks[k]) @ U[k].T + b[k] for k in range(4)]
         i, f, g, o = pre[0].sigmoid(), pre[1].sigmoid(), pre[2].tanh(), pre[3].sigmoid()
         if mg is not None:  # Semeniuta: drop the cell update only, never c_{t-1}
             g = g * (mg[t] if mg.dim() == 3 else mg)
@@ -166,11 +171,12 @@ def test_mask_values_and_shapes(kind, mask):
     p = 0.4
     m = make(kind, mask, rate=p, cell_rate=0.25, h=64)
     masks = m.sample_masks(T, 32)
-    shapes = {"tied": (32, 64), "untied": (4, 32, 64), "sequence": (32, 64), "step": (T, 32, 64)}
+    shapes = {"tied": (32, 64), "untied": (4, 32, 64), "untied_x": (4, 32, 64), "sequence": (32, 64),
+              "step": (T, 32, 64)}
     for name, value in masks._asdict().items():
         if value is None:
             continue
-        assert value.shape == shapes[mask], name
+        assert value.shape == ((4, 32, I) if name == "x" else shapes[mask]), name
         if kind == "zoneout":  # {0, 1}, 1 = keep the previous value, no rescaling
             assert set(value.unique().tolist()) <= {0.0, 1.0}
             z = 0.4 if name == "zone_h" else 0.25
@@ -180,7 +186,8 @@ def test_mask_values_and_shapes(kind, mask):
             assert torch.allclose(vals, torch.tensor([0.0, 1 / (1 - p)])), vals
             assert abs((value == 0).float().mean().item() - p) < 0.05
     used = [k for k, v in masks._asdict().items() if v is not None]
-    assert used == {"variational": ["h"], "semeniuta": ["g"], "zoneout": ["zone_h", "zone_c"]}[kind]
+    expected = {"variational": ["h"], "semeniuta": ["g"], "zoneout": ["zone_h", "zone_c"]}[kind]
+    assert used == (["h", "x"] if mask == "untied_x" else expected)
 
 
 @pytest.mark.parametrize("kind,mask", VARIANTS)

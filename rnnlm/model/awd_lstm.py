@@ -38,11 +38,13 @@ class LMOutput(NamedTuple):
     output: torch.Tensor  # (T, B, H_L) after output dropout (AR)
 
 
-def recurrent_layer(input_size: int, hidden_size: int, cfg: RecurrentDropoutConfig) -> nn.Module:
+def recurrent_layer(input_size: int, hidden_size: int, cfg: RecurrentDropoutConfig,
+                    input_rate: float = 0.0) -> nn.Module:
     """One LSTM layer ``(T, B, I) -> (T, B, H)`` carrying the configured recurrent dropout.
 
     ``weight_drop`` keeps the fused kernel; Gal, Semeniuta and zoneout masks act on
-    per-sample states and need the step loop of :class:`StepLSTM`.
+    per-sample states and need the step loop of :class:`StepLSTM`. ``input_rate``:
+    the rate of the per-gate input masks when ``cfg.per_gate_input``.
     """
     kind = RecurrentKind(cfg.kind)
     if kind is RecurrentKind.none:
@@ -51,7 +53,7 @@ def recurrent_layer(input_size: int, hidden_size: int, cfg: RecurrentDropoutConf
         return WeightDropLSTM(input_size, hidden_size, cfg.rate, mask=cfg.mask.value)
     return StepLSTM(
         input_size, hidden_size, kind=kind.value, rate=cfg.rate, mask=cfg.mask.value,
-        cell_rate=cfg.cell_rate,
+        cell_rate=cfg.cell_rate, input_rate=input_rate if cfg.per_gate_input else 0.0,
     )
 
 
@@ -64,11 +66,16 @@ class AWDLSTM(nn.Module):
         self.sizes = [E] + [H] * (L - 1) + [E if model.tie_weights else H]  # layer widths
         self.encoder = nn.Embedding(vocab_size, E)
         self.embedding_dropout = EmbeddingDropout(self.encoder, dropout.embedding)
-        self.input_dropout = SequenceDropout(dropout.input, dropout.locked)
-        self.hidden_dropout = SequenceDropout(dropout.hidden, dropout.locked)
+        # Each layer's input rate: dropout.input for the first, dropout.hidden above. With
+        # per-gate input masks (Gal untied) the layers draw them, so no shared mask here.
+        input_rates = [dropout.input] + [dropout.hidden] * (L - 1)
+        inside = dropout.recurrent.per_gate_input
+        self.input_dropout = SequenceDropout(0.0 if inside else dropout.input, dropout.locked)
+        self.hidden_dropout = SequenceDropout(0.0 if inside else dropout.hidden, dropout.locked)
         self.output_dropout = SequenceDropout(dropout.output, dropout.locked)
         self.rnns = nn.ModuleList(
-            recurrent_layer(self.sizes[l], self.sizes[l + 1], dropout.recurrent) for l in range(L)
+            recurrent_layer(self.sizes[l], self.sizes[l + 1], dropout.recurrent, input_rates[l])
+            for l in range(L)
         )
         self.decoder = nn.Linear(self.sizes[-1], vocab_size)
         if model.tie_weights:

@@ -1,13 +1,14 @@
 """StepLSTM: a one-layer LSTM whose recurrent dropout acts on per-sample states.
 
 Three recurrent dropouts cannot be written as a change of ``W_hh`` and so cannot
-use the fused LSTM kernel; they need a loop over time steps (DESIGN 3):
+use the fused LSTM kernel; they need a loop over time steps:
 
 * ``variational`` -- Gal & Ghahramani 2016 (arXiv 1512.05287): a dropout mask on
   h_{t-1} before the recurrent matmul, sampled once per sequence (constant over
   time, different per batch element). ``tied``: one (B, H) mask for the four
   gates (Keras implementation 2); ``untied``: one per gate, (4, B, H) (Keras
-  implementations 0/1, Gal's LM code).
+  implementations 0/1, Gal's LM code). Gal's LM code also gives each gate its own
+  (B, I) mask on the layer input x_t (``input_rate``).
 * ``semeniuta`` -- Semeniuta et al. 2016 (arXiv 1603.05118): dropout on the cell
   update only, c_t = f*c_{t-1} + i*d(g_t); the mask is per ``sequence`` or per
   ``step``; c_{t-1} itself is never dropped.
@@ -21,45 +22,25 @@ Dropout masks take values in {0, 1/(1-p)} (inverted dropout). They are on in
 a mask (kind ``none``, rate 0, or eval of variational/Semeniuta) the layer calls
 the fused ATen/cuDNN kernel, exactly as ``nn.LSTM`` does.
 
-Implementation and speed
-------------------------
-fwd+bwd of one layer, 400 -> 1150, B=20, T=70, fp32, CPU (2-core AMD EPYC, AVX-512),
-2 threads, as a ratio to ``nn.LSTM`` fwd+bwd on the same input (~350-400 ms); medians of
-interleaved rounds, the range over 2-4 runs on a machine shared with other jobs
-(``python scripts/bench_step_lstm.py --alternatives --compile``):
+The loop
+--------
+:class:`_StepLSTMFunction` runs the whole sequence in one autograd node with a
+hand-written backward. Forward: one GEMM for the input projection of all T steps
+(untied input masks: one per gate block), then per step one GEMM (h_{t-1}*m) @ W_hh^T
+(untied: four (H, H) blocks) plus pointwise ops writing the gate activations into a
+preallocated (T, B, 4H) buffer. Backward: the mirror loop (one GEMM dgates_t @ W_hh per
+step) with the activation derivatives computed for all steps at once, then the weight
+gradients as single GEMMs over the stacked (T*B, .) tensors (dW_hh = dgates^T @
+(h_{t-1}*m), the sum over t done by the GEMM).
 
-==========================================================  =========  =========
-alternative (Gal variational)                                tied       untied
-==========================================================  =========  =========
-plain autograd loop, input projection hoisted                3.0-3.3    2.5-3.1
-torch.jit.script of that loop                                2.8-2.9    2.5-3.2
-torch.compile of that loop (first call 82 s / 111 s)         4.7        2.7
-custom autograd.Function, torch.mm (MKL) GEMMs               1.8-1.9    1.9-2.0
-custom autograd.Function, oneDNN prepacked GEMMs (kept)      0.99-1.11  1.07-1.26
-==========================================================  =========  =========
-
-Kept, with the same loop: Semeniuta 0.99-1.13 (step masks), 0.97-1.07 (sequence);
-zoneout 1.07-1.18. With another process busy on the 2 cores every figure gets worse,
-the loop's more than ``nn.LSTM``'s (many small OpenMP regions; untied up to 1.65):
-benchmark on an idle machine.
-
-The kept :class:`_StepLSTMFunction` does the whole sequence in one autograd node.
-Forward: one GEMM for the input projection of all T steps, then per step one GEMM
-(h_{t-1}*m) @ W_hh^T (untied: four (H, H) blocks) plus pointwise ops writing the gate
-activations into a preallocated (T, B, 4H) buffer. Backward: the mirror loop (one
-GEMM dgates_t @ W_hh per step) with the activation derivatives computed for all steps
-at once, then the weight gradients as single GEMMs over the stacked (T*B, .) tensors
-(dW_hh = dgates^T @ (h_{t-1}*m), the sum over t done by the GEMM).
-
-Why it wins: the time is in the skinny (B=20) per-step GEMMs, and on this CPU MKL's
-sgemm runs them at ~60 GFLOP/s while oneDNN's matmul with a prepacked weight runs them
-at ~190 (oneDNN's RNN primitive is what makes ``nn.LSTM`` fast on CPU). So on CPU fp32 the recurrent weight is
-reordered once per forward/backward (``torch.ops.mkldnn._reorder_linear_weight``,
-~3 ms) and each step calls ``torch.ops.mkldnn._linear_pointwise``; everywhere else
-(CUDA, float64, builds without oneDNN) plain ``torch.mm``. The autograd, scripted and
-compiled loops also pay for 70 tiny dW_hh GEMMs (K=B) in backward. Pitfall: oneDNN
-given an operand that is neither row- nor column-major (a column block of a wider
-matrix) falls back to a reference kernel ~500x slower, hence :func:`_dense`.
+The per-step GEMMs are skinny (B rows). On CPU fp32 they go through oneDNN with the
+recurrent weight prepacked once per forward/backward
+(``torch.ops.mkldnn._reorder_linear_weight`` then ``_linear_pointwise``), the way
+oneDNN's RNN primitive makes ``nn.LSTM`` fast on CPU; elsewhere (CUDA, float64, builds
+without oneDNN) plain ``torch.mm``. oneDNN given an operand that is neither row- nor
+column-major falls back to a slow reference kernel, hence :func:`_dense`. Speed
+relative to ``nn.LSTM``: ``scripts/bench_step_lstm.py``, figures in
+``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -92,6 +73,7 @@ class StepMasks(NamedTuple):
     g: Optional[Tensor] = None  # semeniuta, on g_t: (B, H) per sequence | (T, B, H) per step
     zone_h: Optional[Tensor] = None  # zoneout of h: (T, B, H)
     zone_c: Optional[Tensor] = None  # zoneout of c: (T, B, H)
+    x: Optional[Tensor] = None  # variational untied, a mask per gate on x_t: (4, B, I)
 
 
 # --------------------------------------------------------------------------- GEMMs
@@ -153,12 +135,20 @@ class _StepLSTMFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, mask_h, mask_g, zone_h, zone_c):
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, mask_h, mask_g, zone_h, zone_c, mask_x):
         T, B, _ = x.shape
         H = w_hh.shape[1]
         untied = mask_h is not None and mask_h.dim() == 3
         # Input projection of all steps at once, both biases folded in.
-        xw = _mm_nt(x.reshape(T * B, -1), w_ih, b_ih + b_hh).view(T, B, 4 * H)  # (T, B, 4H)
+        bias = b_ih + b_hh
+        if mask_x is None:
+            xw = _mm_nt(x.reshape(T * B, -1), w_ih, bias).view(T, B, 4 * H)  # (T, B, 4H)
+        else:  # each gate block sees x_t under its own (B, I) mask, constant over time
+            xw = x.new_empty(T * B, 4 * H)
+            for k in range(4):
+                blk = slice(k * H, (k + 1) * H)
+                xw[:, blk] = _mm_nt((x * mask_x[k]).reshape(T * B, -1), w_ih[blk], bias[blk])
+            xw = xw.view(T, B, 4 * H)
         if untied:  # one (H, H) block of W_hh per gate, each on its own masked h_{t-1}
             rec = [_prepacked(w_hh[k * H:(k + 1) * H], B) for k in range(4)]
         else:
@@ -196,13 +186,13 @@ class _StepLSTMFunction(torch.autograd.Function):
             if zone_c is not None:
                 torch.lerp(c_new, c_prev, zone_c[t], out=C[t + 1])
             h = Y[t]
-        ctx.save_for_backward(x, h0, w_ih, w_hh, mask_h, mask_g, zone_h, zone_c, A, C, TC, Y)
+        ctx.save_for_backward(x, h0, w_ih, w_hh, mask_h, mask_g, zone_h, zone_c, mask_x, A, C, TC, Y)
         return Y, Y[-1].clone(), C[-1].clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dY, dh_n, dc_n):
-        x, h0, w_ih, w_hh, mask_h, mask_g, zone_h, zone_c, A, C, TC, Y = ctx.saved_tensors
+        x, h0, w_ih, w_hh, mask_h, mask_g, zone_h, zone_c, mask_x, A, C, TC, Y = ctx.saved_tensors
         T, B, H = Y.shape
         untied = mask_h is not None and mask_h.dim() == 3
         I_, F_, G_, O_ = A.chunk(4, 2)  # (T, B, H) each
@@ -253,10 +243,23 @@ class _StepLSTMFunction(torch.autograd.Function):
 
         dA2 = dA.view(T * B, 4 * H)
         dx = dw_ih = dw_hh = db = None
-        if ctx.needs_input_grad[0]:
-            dx = torch.mm(dA2, w_ih).view_as(x)
-        if ctx.needs_input_grad[3]:
-            dw_ih = torch.mm(dA2.t(), x.reshape(T * B, -1))
+        x2 = x.reshape(T * B, -1)
+        if mask_x is None:
+            if ctx.needs_input_grad[0]:
+                dx = torch.mm(dA2, w_ih).view_as(x)
+            if ctx.needs_input_grad[3]:
+                dw_ih = torch.mm(dA2.t(), x2)
+        else:  # gate k: dx += (dA_k W_ih_k) * m_k, dW_ih_k = dA_k^T (x * m_k)
+            if ctx.needs_input_grad[0]:
+                dx = torch.zeros_like(x)
+            if ctx.needs_input_grad[3]:
+                dw_ih = torch.empty_like(w_ih)
+            for k in range(4):
+                blk = slice(k * H, (k + 1) * H)
+                if dx is not None:
+                    dx.addcmul_(torch.mm(dA2[:, blk], w_ih[blk]).view_as(x), mask_x[k])
+                if dw_ih is not None:
+                    torch.mm(dA2[:, blk].t(), (x * mask_x[k]).reshape(T * B, -1), out=dw_ih[blk])
         if ctx.needs_input_grad[4]:
             # dW_hh = sum_t dgates_t^T (h_{t-1}*m): one GEMM over the stacked (T*B, .) tensors.
             h_prev = torch.cat([h0.unsqueeze(0), Y[:-1]])  # h_{t-1}, (T, B, H)
@@ -271,7 +274,7 @@ class _StepLSTMFunction(torch.autograd.Function):
         if ctx.needs_input_grad[5] or ctx.needs_input_grad[6]:
             db = dA2.sum(0)
         db2 = None if db is None else db.clone()  # two parameters must not share a grad tensor
-        return dx, dh, dc, dw_ih, dw_hh, db, db2, None, None, None, None
+        return dx, dh, dc, dw_ih, dw_hh, db, db2, None, None, None, None, None
 
 
 # --------------------------------------------------------------------------- the module
@@ -282,7 +285,9 @@ class StepLSTM(nn.LSTM, StochasticModule):
 
     ``kind``/``mask``: ``none`` (plain LSTM), ``variational`` + ``tied``/``untied``,
     ``semeniuta`` + ``sequence``/``step``, ``zoneout`` + ``step``. ``rate`` is the
-    drop probability p (zoneout: z_h), ``cell_rate`` zoneout's z_c.
+    drop probability p (zoneout: z_h), ``cell_rate`` zoneout's z_c. ``input_rate``
+    (variational untied only) gives each gate its own (B, I) mask on x_t, as Gal's LM
+    code does with its per-gate ``noise_i``.
 
     It *is* a one-layer ``nn.LSTM`` (``weight_ih_l0 (4H, I)``, ``weight_hh_l0 (4H, H)``,
     ``bias_ih_l0``, ``bias_hh_l0 (4H,)``, gates i, f, g, o, the same init), so state
@@ -293,7 +298,7 @@ class StepLSTM(nn.LSTM, StochasticModule):
     """
 
     def __init__(self, input_size: int, hidden_size: int, kind: str, rate: float, mask: str,
-                 cell_rate: float = 0.0) -> None:
+                 cell_rate: float = 0.0, input_rate: float = 0.0) -> None:
         kind_, mask_ = RecurrentKind(kind), MaskKind(mask)  # ValueError on unknown names
         if kind_ not in STEP_KINDS:
             raise ValueError(f"StepLSTM kind must be one of {[k.value for k in STEP_KINDS]}, "
@@ -301,31 +306,42 @@ class StepLSTM(nn.LSTM, StochasticModule):
         if mask_ not in VALID_MASKS[kind_]:
             raise ValueError(f"mask {mask!r} does not go with kind {kind!r}; choose one of "
                              f"{[m.value for m in VALID_MASKS[kind_]]}")
-        for name, value in (("rate", rate), ("cell_rate", cell_rate)):
+        for name, value in (("rate", rate), ("cell_rate", cell_rate), ("input_rate", input_rate)):
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name}={value} must be in [0, 1)")
         if cell_rate and kind_ is not RecurrentKind.zoneout:
             raise ValueError("cell_rate only applies to kind='zoneout'")
+        if input_rate and (kind_, mask_) != (RecurrentKind.variational, MaskKind.untied):
+            raise ValueError("input_rate (per-gate input masks) only applies to variational untied")
         super().__init__(input_size, hidden_size)
         self.kind = kind_.value
         self.mask = mask_.value
         self.rate = float(rate)
         self.cell_rate = float(cell_rate)
+        self.input_rate = float(input_rate)
 
     @property
     def _weights(self) -> list[Tensor]:
         return [self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0, self.bias_hh_l0]
 
     def _active(self) -> bool:
-        return self.kind != "none" and (self.rate > 0 or self.cell_rate > 0)
+        return self.kind != "none" and (self.rate > 0 or self.cell_rate > 0 or self.input_rate > 0)
 
     def sample_masks(self, T: int, B: int) -> StepMasks:
-        """Fresh training masks for a ``(T, B)`` batch, as ``forward`` draws them."""
-        w, H, p = self.weight_hh_l0, self.hidden_size, self.rate
-        if self.kind == "variational" and p > 0:
-            return StepMasks(h=bernoulli_mask((B, H) if self.mask == "tied" else (4, B, H), p, w))
+        """Training masks for a ``(T, B)`` batch, as ``forward`` draws them: masks that are
+        constant over time are held for a whole MC pass (see ``StochasticModule``)."""
+        w, H, I, p = self.weight_hh_l0, self.hidden_size, self.input_size, self.rate
+        if self.kind == "variational":
+            return StepMasks(
+                h=self.held_mask("h", lambda: bernoulli_mask(
+                    (B, H) if self.mask == "tied" else (4, B, H), p, w)) if p > 0 else None,
+                x=self.held_mask("x", lambda: bernoulli_mask((4, B, I), self.input_rate, w))
+                if self.input_rate > 0 else None,
+            )
         if self.kind == "semeniuta" and p > 0:
-            return StepMasks(g=bernoulli_mask((B, H) if self.mask == "sequence" else (T, B, H), p, w))
+            if self.mask == "sequence":
+                return StepMasks(g=self.held_mask("g", lambda: bernoulli_mask((B, H), p, w)))
+            return StepMasks(g=bernoulli_mask((T, B, H), p, w))
         if self.kind == "zoneout":
             return StepMasks(
                 zone_h=w.new_empty(T, B, H).bernoulli_(p) if p > 0 else None,
@@ -364,4 +380,6 @@ class StepLSTM(nn.LSTM, StochasticModule):
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}, kind={self.kind}, mask={self.mask}, rate={self.rate}"
+        if self.input_rate:
+            s += f", input_rate={self.input_rate}"
         return s + (f", cell_rate={self.cell_rate}" if self.kind == "zoneout" else "")

@@ -43,6 +43,8 @@ SETTING_COLUMNS = (
     "trainer.beta",
     "eval.mc_samples",
     "eval.test_weights",
+    "dropout.recurrent.per_gate_input",
+    "optim.weight_shrink",
 )
 
 RESULT_COLUMNS = (
