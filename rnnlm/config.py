@@ -40,7 +40,7 @@ class DatasetName(str, Enum):
 
 
 class RecurrentKind(str, Enum):
-    """Which recurrent-dropout scheme regularises h_{t-1} -> gates (DESIGN 3)."""
+    """Which recurrent-dropout scheme regularises h_{t-1} -> gates."""
 
     none = "none"
     weight_drop = "weight_drop"  # DropConnect on W_hh (Merity et al. 2017); fused kernel

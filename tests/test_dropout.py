@@ -1,4 +1,4 @@
-"""DESIGN 3 invariants of the AWD dropouts: embedding, locked/per-step, WeightDrop."""
+"""Invariants of the AWD dropouts (Merity et al. 2017): embedding, locked/per-step, WeightDrop."""
 
 import warnings
 
@@ -121,7 +121,7 @@ def test_weight_drop_eval_is_deterministic_and_mask_free(mask):
     a, _ = wd(x)
     b, _ = wd(x)
     ref, _ = wd.lstm(x)
-    assert torch.equal(a, b) and torch.equal(a, ref)  # row masks too (awd-lstm-lm #72)
+    assert torch.equal(a, b) and torch.equal(a, ref)  # row masks too (awd-lstm-lm keeps them on)
 
 
 @pytest.mark.parametrize(

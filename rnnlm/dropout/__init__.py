@@ -1,4 +1,4 @@
-"""Every dropout of the literature as a small module (DESIGN 3)."""
+"""Every dropout of the literature as a small module; docs/dropout.md tabulates them."""
 
 from .base import StochasticModule, bernoulli_mask, mc_pass, set_mc_dropout
 from .embedding import EmbeddingDropout

@@ -20,8 +20,8 @@ gate_column    (4, 1, H)    a column mask per gate block (= Gal untied, per
 The raw weight stays an ordinary ``nn.LSTM`` Parameter; each forward computes the
 dropped weight and calls the LSTM through ``torch.func.functional_call`` (no
 ``del _parameters`` monkey-patch, no ``parametrize``), so the gradient reaches
-the raw weight. All masks, row included, are off in ``eval()`` (awd-lstm-lm #72
-kept row masks on at test time).
+the raw weight. All masks, row included, are off in ``eval()`` (awd-lstm-lm's
+``WeightDrop(variational=True)`` keeps its row masks on at test time).
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from ..config import VALID_MASKS, RecurrentKind
 from .base import StochasticModule, bernoulli_mask
 
-MASK_SHAPES = ("element", "row", "column", "gate_column")
+MASKS = tuple(m.value for m in VALID_MASKS[RecurrentKind.weight_drop])  # declared once, in config
 
 
 class WeightDropLSTM(StochasticModule):
@@ -40,8 +41,8 @@ class WeightDropLSTM(StochasticModule):
 
     def __init__(self, input_size: int, hidden_size: int, p: float, mask: str = "element") -> None:
         super().__init__()
-        if mask not in MASK_SHAPES:
-            raise ValueError(f"WeightDrop mask must be one of {MASK_SHAPES}, got {mask!r}")
+        if mask not in MASKS:
+            raise ValueError(f"WeightDrop mask must be one of {MASKS}, got {mask!r}")
         self.lstm = nn.LSTM(input_size, hidden_size)
         self.p = p
         self.mask = mask
