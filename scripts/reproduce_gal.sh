@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Reproduce Gal & Ghahramani 2016 (Table 1) on PTB: variational LSTM, untied masks,
-# medium and large, three seeds each, with MC-dropout evaluation (10 passes; the
-# paper averaged 1000), then summarise standard and MC perplexities.
+# Reproduce Gal & Ghahramani 2016 (Table 1) on PTB: the variational LSTM of Gal's LM code
+# (untied per-gate masks on x_t and h_{t-1}), medium and large, three seeds each, with
+# MC-dropout evaluation (10 passes per seed; Gal's code draws MC_samples=100 passes of 20
+# copies of the test stream), then summarise standard and MC perplexities.
 #   published val / test (MC test): medium 81.9 / 79.7 (78.6), large 77.9 / 75.2 (73.4)
 #   usage: scripts/reproduce_gal.sh [extra overrides]
 set -euo pipefail
