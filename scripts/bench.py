@@ -7,13 +7,20 @@ AWD-LSTM PTB model (V=10k, 400/1150/3 layers, batch 20, bptt 70) in variants tha
 differ by one dropout, interleaved so machine noise hits all alike; ratios are medians of the
 within-round ratios. Also measures the fp32 matmul peak of this machine and the fraction of
 it the model achieves (model FLOPs = 3 x forward matmul FLOPs per token, the
-usual fwd + 2 x bwd count). Prints a table; the LAST line is one JSON object:
+usual fwd + 2 x bwd count). The same code gives 1.7x the tokens/s on a 2-core AVX-512 machine
+as on a 2-core AVX2 one (docs/performance.md), so every figure comes with its machine: the
+first line printed names the CPU model, its vector ISA, the thread count and the torch
+version, and the JSON carries them.
+Prints a table; the LAST line is one JSON object:
 
+    cpu_model, cpu_isa, cpu_count, threads, torch_version (gpu)   the machine (scripts/machine.py)
     tokens_per_second        AWD training throughput (all dropouts on)
-    weight_drop_ratio        step time with / without WeightDrop      (target <= 1.05)
-    embedding_dropout_ratio  step time with / without embedding dropout (target <= 1.05)
-    flops_fraction           achieved model FLOP/s / measured matmul peak (target >= 0.55)
+    weight_drop_ratio        step time with / without WeightDrop
+    embedding_dropout_ratio  step time with / without embedding dropout
+    flops_fraction           achieved model FLOP/s / measured matmul peak
     variational_*_ratio ...  step-loop LSTM layer vs nn.LSTM (scripts/bench_step_lstm.py)
+
+docs/performance.md collects the figures measured so far, each with its machine.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from machine import machine, machine_line  # noqa: E402
 from rnnlm.config import DropoutConfig, ModelConfig, RecurrentDropoutConfig, RecurrentKind  # noqa: E402
 from rnnlm.model import AWDLSTM  # noqa: E402
 from rnnlm.training.regularization import (  # noqa: E402
@@ -100,6 +108,8 @@ def main() -> None:
     parser.add_argument("--skip-step-loop", action="store_true", help="skip the step-loop LSTM ratios")
     args = parser.parse_args()
     device = torch.device(args.device)
+    info = machine(device)
+    print(machine_line(info), flush=True)
 
     awd = DropoutConfig()  # the AWD PTB rates, WeightDrop element 0.5
     variants = {
@@ -127,8 +137,8 @@ def main() -> None:
     tokens = BPTT * BATCH
     tps = tokens / median["awd"]
     result = {
+        **info,
         "device": str(device),
-        "threads": torch.get_num_threads(),
         "tokens_per_second": round(tps, 1),
         "step_seconds": round(median["awd"], 4),
         "weight_drop_ratio": round(paired_ratio("awd", "no_weight_drop"), 4),
@@ -138,7 +148,7 @@ def main() -> None:
         "flops_fraction": round(tps * model_flops / peak, 4),
     }
     print(f"AWD-LSTM step, V={VOCAB}, 400/1150/3, batch {BATCH}, bptt {BPTT}, {device}, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats}")
+          f"median of {args.repeats}")
     print(f"{'variant':<24}{'step s':>10}{'tokens/s':>12}")
     for name in timers:
         print(f"{name:<24}{median[name]:>10.3f}{tokens / median[name]:>12.1f}")

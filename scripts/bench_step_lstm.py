@@ -1,6 +1,6 @@
 """Speed of the StepLSTM step loop against ``nn.LSTM`` (fwd+bwd of one AWD-sized layer).
 
-    python scripts/bench_step_lstm.py                 # kept implementation, every kind
+    python scripts/bench_step_lstm.py                 # rnnlm's step loop, every kind
     python scripts/bench_step_lstm.py --alternatives  # + plain autograd loop, jit.script, MKL GEMMs
     python scripts/bench_step_lstm.py --alternatives --compile   # + torch.compile (slow to build)
 
@@ -8,9 +8,11 @@ Each timing is one forward+backward of a 400 -> 1150 layer on a (70, 20) batch, 
 with torch's default thread count. Variants are timed round-robin (interleaved) and
 each ratio is the median over rounds of (variant time / nn.LSTM time in that round),
 so a machine that gets busier or quieter during the run moves both alike; still, run
-it on an otherwise idle machine (see ``step_loop_load_avg_before`` in the result). The last
-line printed is the result dict as JSON. ``scripts/bench.py`` calls
-:func:`step_loop_ratios`.
+it on an otherwise idle machine (see ``step_loop_load_avg_before`` in the result). The
+first line printed names the machine (CPU model, vector ISA, threads, torch version;
+scripts/machine.py); the last line is the result dict as JSON, with the same machine
+keys. ``scripts/bench.py`` calls :func:`step_loop_ratios`. docs/performance.md collects
+the figures measured so far, each with its machine.
 """
 
 from __future__ import annotations
@@ -28,13 +30,15 @@ import torch
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from machine import machine, machine_line  # noqa: E402
 from rnnlm.model import step_lstm  # noqa: E402
 from rnnlm.model.step_lstm import StepLSTM  # noqa: E402
 
 T, B, I, H = 70, 20, 400, 1150  # AWD-LSTM on PTB: bptt 70, batch 20, emsize 400, nhid 1150
 
-KEPT = {  # result key -> StepLSTM(kind, rate, mask, cell_rate)
+KINDS = {  # result key -> StepLSTM(kind, rate, mask, cell_rate)
     "variational_tied": ("variational", 0.5, "tied", 0.0),
     "variational_untied": ("variational", 0.5, "untied", 0.0),
     "semeniuta": ("semeniuta", 0.25, "step", 0.0),
@@ -75,7 +79,7 @@ def autograd_loop(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
 
 
 class _OneDNNOff:
-    """Runs the kept Function with every GEMM on torch.mm (MKL on CPU), forward and backward."""
+    """Runs rnnlm's Function with every GEMM on torch.mm (MKL on CPU), forward and backward."""
 
     def __enter__(self):
         self.saved = step_lstm._use_onednn
@@ -123,10 +127,10 @@ def _setup(seed: int = 0):
     return lstm, x
 
 
-def _kept_cases(lstm: nn.LSTM, x: Tensor, keys=KEPT) -> dict[str, Callable[[], float]]:
+def _step_loop_cases(lstm: nn.LSTM, x: Tensor, keys=KINDS) -> dict[str, Callable[[], float]]:
     cases = {"nn.LSTM": _fwd_bwd(lambda: lstm(x)[0])}
     for key in keys:
-        kind, rate, mask, cell_rate = KEPT[key]
+        kind, rate, mask, cell_rate = KINDS[key]
         m = StepLSTM(I, H, kind, rate, mask, cell_rate=cell_rate).train()
         m.load_state_dict(lstm.state_dict())
         cases[key] = _fwd_bwd(lambda m=m: m(x)[0])
@@ -144,30 +148,31 @@ def step_loop_ratios(repeats: int = 5) -> dict:
     """
     load_before = os.getloadavg()[0]
     lstm, x = _setup()
-    res = _interleaved(_kept_cases(lstm, x), repeats, "nn.LSTM")
+    res = _interleaved(_step_loop_cases(lstm, x), repeats, "nn.LSTM")
     out: dict = {"step_loop_lstm_ms": round(res["nn.LSTM"][0] * 1e3, 1)}
-    for key in KEPT:
+    for key in KINDS:
         out[f"{key}_ratio"] = round(res[key][1], 3)
         out[f"{key}_ms"] = round(res[key][0] * 1e3, 1)
     out["step_loop_threads"] = torch.get_num_threads()
     out["step_loop_onednn"] = step_lstm._onednn_linear_available()
-    # Another busy process on a 2-core machine slows 2-thread torch by 3-10x, and not
-    # uniformly: a load average above ~0.5 before the run means the figures are suspect.
+    # Another busy process slows multi-threaded torch several-fold, and the many small
+    # OpenMP regions of the step loop more than nn.LSTM: with a load average above ~0.5
+    # before the run, the figures are suspect.
     out["step_loop_load_avg_before"] = round(load_before, 2)
     return out
 
 
 def alternative_ratios(repeats: int = 5, compile_loop: bool = False) -> dict:
-    """Ratios to nn.LSTM of the implementations considered, for Gal tied and untied."""
+    """Ratios to nn.LSTM of other ways to write the loop, for Gal tied and untied."""
     lstm, x = _setup()
     w = [p for p in lstm.parameters()]
     zeros = x.new_zeros(B, H)
     masks = {"tied": torch.empty(B, H).bernoulli_(0.5).mul_(2),
              "untied": torch.empty(4, B, H).bernoulli_(0.5).mul_(2)}
-    cases = _kept_cases(lstm, x, keys=["variational_tied", "variational_untied"])
+    cases = _step_loop_cases(lstm, x, keys=["variational_tied", "variational_untied"])
     cases = {"nn.LSTM": cases["nn.LSTM"],
-             "tied/function+oneDNN (kept)": cases["variational_tied"],
-             "untied/function+oneDNN (kept)": cases["variational_untied"]}
+             "tied/function+oneDNN (rnnlm)": cases["variational_tied"],
+             "untied/function+oneDNN (rnnlm)": cases["variational_untied"]}
     scripted = torch.jit.script(autograd_loop)
     build_s = {}
     compiled = None
@@ -178,7 +183,7 @@ def alternative_ratios(repeats: int = 5, compile_loop: bool = False) -> dict:
         cases[f"{name}/autograd loop"] = _fwd_bwd(lambda a=args, m=mask: autograd_loop(*a, m)[0])
         cases[f"{name}/jit.script loop"] = _fwd_bwd(lambda a=args, m=mask: scripted(*a, m)[0])
         cases[f"{name}/function+MKL"] = _fwd_bwd(
-            lambda a=args, m=mask: step_lstm._StepLSTMFunction.apply(*a, m, None, None, None)[0],
+            lambda a=args, m=mask: step_lstm._StepLSTMFunction.apply(*a, *step_lstm.StepMasks(h=m))[0],
             context=_OneDNNOff())
         if compiled is not None:
             t0 = time.perf_counter()
@@ -196,15 +201,16 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--alternatives", action="store_true",
-                    help="also time the implementations that were not kept")
+                    help="also time other ways to write the loop (autograd, jit.script, MKL GEMMs)")
     ap.add_argument("--compile", action="store_true", help="with --alternatives: torch.compile too")
     args = ap.parse_args(argv)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"load average {os.getloadavg()[0]:.2f}; layer {I}->{H}, T={T}, B={B}, fp32 fwd+bwd")
-    result = step_loop_ratios(args.repeats)
+    info = machine()
+    print(machine_line(info))
+    print(f"load average {os.getloadavg()[0]:.2f}; layer {I}->{H}, T={T}, B={B}, fp32 fwd+bwd")
+    result = {**info, **step_loop_ratios(args.repeats)}
     print(f"{'variant':28s} {'ms':>8s} {'/ nn.LSTM':>10s}")
     print(f"{'nn.LSTM':28s} {result['step_loop_lstm_ms']:8.1f} {1.0:10.2f}")
-    for key in KEPT:
+    for key in KINDS:
         print(f"{key:28s} {result[key + '_ms']:8.1f} {result[key + '_ratio']:10.2f}")
     if args.alternatives:
         alt = alternative_ratios(args.repeats, compile_loop=args.compile)

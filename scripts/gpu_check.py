@@ -1,4 +1,4 @@
-"""The CUDA checks of issue 2, in one short script for a machine with a GPU.
+"""Checks and timings that need a CUDA GPU, in one short script.
 
     python scripts/gpu_check.py [--steps 200] [--data DIR]
 
@@ -6,9 +6,12 @@
    the fused cuDNN kernel runs (the profiler shows a cudnn RNN kernel, no step loop).
 2. A 200-step timing of the AWD-size model (V=10k, 400/1150/3, batch 20, bptt 70),
    with and without WeightDrop, and with a Gal step-loop layer stack for comparison.
-3. The smoke preset end to end on CUDA (needs the PTB files: --data DIR with ptb/).
+3. The smoke preset end to end on CUDA (needs the PTB files: --data DIR with ptb/, by
+   default $RNNLM_DATA_DIR; skipped without them).
 
-Prints one JSON object on its last line. Exits non-zero if a check fails.
+Prints one JSON object on its last line, starting with the machine (GPU, CPU, torch version;
+scripts/machine.py). Exits non-zero if a check fails. docs/performance.md collects the
+figures measured so far, each with its machine.
 """
 
 from __future__ import annotations
@@ -27,9 +30,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rnnlm.config import DropoutConfig, MaskKind, ModelConfig, RecurrentDropoutConfig, RecurrentKind
-from rnnlm.dropout import WeightDropLSTM
-from rnnlm.model import AWDLSTM
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import machine  # noqa: E402
+from rnnlm.config import DropoutConfig, MaskKind, ModelConfig, RecurrentDropoutConfig, RecurrentKind  # noqa: E402
+from rnnlm.dropout import WeightDropLSTM  # noqa: E402
+from rnnlm.model import AWDLSTM  # noqa: E402
 
 
 def check_weight_drop(device: torch.device) -> dict:
@@ -99,13 +105,14 @@ def smoke(data: Path) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=os.environ.get("RNNLM_DATA_DIR"),
+                        help="directory with ptb/ for the smoke run (default: $RNNLM_DATA_DIR)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA device here", file=sys.stderr)
         return 2
     device = torch.device("cuda")
-    result: dict = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
+    result: dict = machine(device)
     result.update(check_weight_drop(device))
     awd = DropoutConfig()
     no_wd = replace(awd, recurrent=RecurrentDropoutConfig(RecurrentKind.weight_drop, 0.0))
@@ -121,8 +128,10 @@ def main() -> int:
         "gal_tied_step_ratio": round(times["gal_tied"] / times["awd"], 4),
         "timing_warnings": sorted({str(w.message) for w in caught}),
     })
-    if (args.data / "ptb").is_dir():
+    if args.data is not None and (args.data / "ptb").is_dir():
         result.update(smoke(args.data))
+    else:
+        result["smoke"] = "skipped: no --data DIR with ptb/"
     ok = (result["weight_drop_grad_nonzero"] and not result["weight_drop_warnings"]
           and not result["timing_warnings"] and result.get("smoke_returncode", 0) == 0)
     print(json.dumps(result))
