@@ -352,3 +352,33 @@ def test_final_test_evaluates_the_chosen_weights(which, tmp_path):
     model.load_state_dict(load_checkpoint(tmp_path / "run" / "checkpoints" / checkpoint)["model"])
     expected = evaluate(model, batchify(corpus.test, 1), cfg.trainer.bptt)
     assert math.isclose(result["test_loss"], expected, rel_tol=1e-6)
+
+
+@pytest.mark.corpus
+def test_an_awd_epoch_on_real_ptb_trains_on_every_target(corpus_data, tmp_path):
+    """PTB at batch 20 is a (46479, 20) stream: 929,560 targets per epoch. The Trainer's
+    loop, with the model step stubbed out, must walk all of them with the AWD lengths."""
+    from rnnlm.data import load_corpus
+
+    class LoopOnly(RecordingTrainer):
+        def train_step(self, inputs, targets, lr):
+            self.steps.append((self.state.epoch, inputs.size(0), lr, 0.0, targets.numel()))
+            return 0.0
+
+    corpus = load_corpus("ptb", path=corpus_data / "ptb", cache_dir=tmp_path)
+    train = batchify(corpus.train, 20)
+    assert train.shape == (46479, 20)
+    cfg = RunConfig(model=ModelConfig(emsize=4, nhid=4, nlayers=1), dropout=NO_DROPOUT,
+                    trainer=TrainerConfig(progress=False), seed=141)
+    trainer = LoopOnly(AWDLSTM(10, cfg.model, cfg.dropout), cfg, train, train[:50],
+                       save_best=lambda w: None, load_best=lambda: {})
+    for _ in range(3):
+        trainer.train_epoch(started=0.0)
+        epoch = trainer.state.epoch
+        lengths = [s[1] for s in trainer.steps if s[0] == epoch]
+        assert trainer.state.tokens == whole_stream_targets(train, lengths)
+        assert trainer.state.tokens in (929_560, 929_540)
+        assert len(lengths) > (train.size(0) - 2) // 70 + 1  # ~686 steps, not 664
+        print(f"epoch {epoch}: {len(lengths)} steps, {trainer.state.tokens} targets")
+        trainer.state.epoch += 1
+        trainer.state.position = trainer.state.batches = trainer.state.tokens = 0
