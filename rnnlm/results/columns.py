@@ -1,5 +1,5 @@
 """The columns of a run's ``metrics.csv`` (one row per epoch) and ``result.csv``
-(one row per run). README "Outputs" documents each one; losses are in nats per
+(one row per run). docs/outputs.md documents each one; losses are in nats per
 token and ppl = exp(loss).
 """
 
