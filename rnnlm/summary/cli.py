@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..atomic import atomic_write_text
-from . import tables
+from . import eval_metrics, tables
 from .runs import RunsError, check_keys, filter_runs, load_runs, parse_filters
 from .tables import Metric
 
@@ -32,6 +32,9 @@ MEAN validation value is "best" and its test value is reported, never
 selected on. ppl = best_val_ppl/test_ppl (default), loss =
 best_val_loss/test_loss, mc_ppl = mc_val_ppl/mc_test_ppl; naming either
 column selects its pair (e.g. --metric mc_test_ppl selects on mc_val_ppl).
+From `rnnlm eval` rows (RUN_DIR/eval.csv): pointer_ppl, dynamic_ppl,
+standard_ppl, mc_eval_ppl (<method>_val_ppl/<method>_test_ppl; see
+rnnlm/summary/eval_metrics.py for which rows are used).
 n counts completed runs having the validation value.
 
 {GROUPING_HELP}
@@ -61,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("dirs", nargs="+", metavar="DIR", help="directories searched recursively for runs")
     parser.add_argument("--format", choices=tables.FORMATS, default="markdown",
                         help="stdout format (default: markdown)")
-    parser.add_argument("--metric", choices=tables.METRIC_NAMES, default="ppl", metavar="NAME",
-                        help="pair to aggregate and select on: ppl (default), loss, mc_ppl or one of their columns")
+    parser.add_argument("--metric", choices=tables.METRIC_NAMES + eval_metrics.METRIC_NAMES, default="ppl",
+                        metavar="NAME", help="pair to aggregate and select on: ppl (default), loss, mc_ppl, "
+                        "an rnnlm eval method's pointer_ppl, dynamic_ppl, ..., or one of their columns")
     parser.add_argument("--group-by", nargs="+", metavar="KEY",
                         help="group by these keys instead of the ones that differ (give DIRs before this option)")
     parser.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
@@ -150,7 +154,9 @@ def _run(args: argparse.Namespace) -> int:
     if frame.empty:
         print(f"{PROG}: no runs match {' '.join('--filter ' + f for f in args.filter)}", file=sys.stderr)
         return 1
-    metric = tables.resolve_metric(args.metric)
+    metric = eval_metrics.resolve(args.metric) or tables.resolve_metric(args.metric)
+    if metric in eval_metrics.EVAL_METRICS:
+        frame = eval_metrics.add_eval_columns(frame, metric)
     used = tables.usable(frame, metric)
     left = tables.not_summarised(frame, used, metric)
     if not used.any():

@@ -1,0 +1,267 @@
+"""``rnnlm eval RUN_DIR [KEY=VALUE ...]``: score a finished run's checkpoint.
+
+Plain key=value overrides (no Hydra: the run's own ``.hydra/config.yaml`` is read, never
+recomposed or rewritten). Everything is checked before anything is scored: a bad key,
+value, run, checkpoint or file gives one line on stderr, exit 2, and no file written.
+Results go to stdout and are appended to ``RUN_DIR/eval.csv`` (see
+:mod:`rnnlm.evaluation.rows`).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from ..evaluation.dynamic import RULES, DynamicSettings
+from ..evaluation.pointer import STARTS, PointerSettings
+from ..evaluation.rows import METHODS, append_rows
+from ..evaluation.runner import Evaluator, McSettings, Plan, check_sizes, streams
+from ..evaluation.runs import RunError, load_run
+from ..results import read_csv
+from .errors import fail
+
+# Defaults per dataset. Pointer: awd-lstm-lm README (pointer.py commands). Dynamic: the
+# AWD-LSTM settings of Krause et al. 2018 (lr 0.002, lambda 0.02, epsilon 0.001 with
+# dynamiceval.py --oldhyper), written in the paper's form that dynamiceval.py now uses:
+# lr and epsilon / sqrt(statistics batches: 1859 PTB, 4177 WT2), lambda / 14 tensors.
+POINTER_DEFAULTS = {
+    "ptb": PointerSettings(window=500, theta=1.0, lambd=0.1),
+    "wikitext2": PointerSettings(window=3785, theta=0.662, lambd=0.1279),
+}
+DYNAMIC_DEFAULTS = {
+    "ptb": DynamicSettings(lr=4.64e-5, decay=1.43e-3, epsilon=2.32e-5),
+    "wikitext2": DynamicSettings(lr=3.09e-5, decay=1.43e-3, epsilon=1.55e-5),
+}
+
+USAGE = """\
+usage: rnnlm eval RUN_DIR [KEY=VALUE ...]
+
+Score a run's checkpoint with one or more methods; rows are appended to
+RUN_DIR/eval.csv and printed. Keys (default in brackets):
+
+  method=M[,M...]        standard, mc, pointer, dynamic [standard]
+  split=S[,S...]         valid, test, file [valid,test; file when file= is given]
+  file=PATH              score a text file (one sentence per line; words outside
+                         the vocabulary become <unk> and are counted)
+  checkpoint=best|last   best by validation, or the last epoch's weights (ASGD:
+                         averaged, as eval.test_weights=last) [best]
+  batch_size=N           streams [standard, mc: the run's eval_batch_size for
+                         valid, test_batch_size for test; pointer, dynamic, file: 1]
+  bptt=N                 segment length of standard/mc/pointer [run's trainer.bptt]
+  device=auto|cpu|cuda|cuda:N [auto]    threads=N   CPU threads [torch default]
+  data=DIR               the run's corpus files, if they moved [run's dataset.path]
+
+  mc.samples=K [run's eval.mc_samples, else 10]  mc.seed=S [run's seed]
+  mc.word_dropout=true|false [run's eval.mc_word_dropout]
+  pointer.window=N pointer.theta=X pointer.lambda=X
+                         [PTB 500 1.0 0.1; WT2 3785 0.662 0.1279 (awd-lstm-lm)]
+  pointer.start=full|partial   use the pointer only after a full window (as
+                         awd-lstm-lm), or from the second token on [full]
+  dynamic.rule=rms|sgd   Krause et al.'s RMS rule, or SGD [rms]
+  dynamic.lr=X dynamic.decay=X dynamic.epsilon=X
+                         [rms: PTB 4.64e-5 1.43e-3 2.32e-5, WT2 3.09e-5 1.43e-3
+                         1.55e-5 (Krause et al.); sgd: lr required, decay 0]
+  dynamic.bptt=N         tokens per update [5]
+  dynamic.stats_batches=N  training segments for the RMS statistics [all]
+  dynamic.stats_batch_size=N [100]
+
+examples:
+  rnnlm eval outputs/runs/ptb method=standard,pointer split=test
+  rnnlm eval outputs/runs/ptb method=dynamic dynamic.lr=6e-5 split=valid
+  rnnlm eval outputs/runs/ptb method=standard file=my_text.txt
+"""
+
+
+def _int(text: str) -> int:
+    return int(text)
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if math.isnan(value):
+        raise ValueError(text)
+    return value
+
+
+def _bool(text: str) -> bool:
+    if text.lower() not in ("true", "false"):
+        raise ValueError(text)
+    return text.lower() == "true"
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(text)
+        return text
+
+    parse.__doc__ = " or ".join(choices)
+    return parse
+
+
+def _choices(*choices: str) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        items = [t.strip() for t in text.strip("[]").split(",") if t.strip()]
+        if not items or any(t not in choices for t in items):
+            raise ValueError(text)
+        return list(dict.fromkeys(items))
+
+    parse.__doc__ = f"a comma-separated list of {', '.join(choices)}"
+    return parse
+
+
+def _device(text: str) -> str:
+    if not (text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit())):
+        raise ValueError(text)
+    return text
+
+
+_int.__doc__, _float.__doc__, _bool.__doc__ = "an integer", "a number", "true or false"
+_device.__doc__ = "a device: auto, cpu, cuda or cuda:N"
+
+KEYS: dict[str, Callable[[str], Any]] = {
+    "method": _choices(*METHODS),
+    "split": _choices("valid", "test", "file"),
+    "file": str,
+    "checkpoint": _choice("best", "last"),
+    "batch_size": _int,
+    "bptt": _int,
+    "device": _device,
+    "threads": _int,
+    "data": str,
+    "mc.samples": _int,
+    "mc.seed": _int,
+    "mc.word_dropout": _bool,
+    "pointer.window": _int,
+    "pointer.theta": _float,
+    "pointer.lambda": _float,
+    "pointer.start": _choice(*STARTS),
+    "dynamic.rule": _choice(*RULES),
+    "dynamic.lr": _float,
+    "dynamic.decay": _float,
+    "dynamic.epsilon": _float,
+    "dynamic.bptt": _int,
+    "dynamic.stats_batches": _int,
+    "dynamic.stats_batch_size": _int,
+}
+POSITIVE = ("batch_size", "bptt", "threads", "mc.samples", "dynamic.bptt", "dynamic.stats_batches",
+            "dynamic.stats_batch_size")
+
+
+class UsageError(Exception):
+    pass
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for arg in args:
+        key, sep, text = arg.partition("=")
+        if not sep:
+            raise UsageError(f"{arg!r} is not KEY=VALUE; see `rnnlm eval --help` for the keys")
+        if key not in KEYS:
+            raise UsageError(f"{key} is not a key of rnnlm eval; see `rnnlm eval --help` for the keys")
+        parse = KEYS[key]
+        try:
+            value = parse(text)
+        except ValueError:
+            raise UsageError(f"{key}={text} is not {parse.__doc__ or 'valid'}") from None
+        if key in POSITIVE and value < 1:
+            raise UsageError(f"{key}={text} must be a positive integer")
+        values[key] = value
+    return values
+
+
+def build_plan(run, keys: dict[str, Any]) -> Plan:
+    """The plan of one call, with the run's and the dataset's defaults filled in."""
+    cfg = run.cfg
+    dataset = cfg.dataset.name.value
+    methods = keys.get("method", ["standard"])
+    splits = keys.get("split", ["file"] if "file" in keys else ["valid", "test"])
+    if "file" in splits and "file" not in keys:
+        raise RunError("split=file needs file=PATH")
+    if "file" in keys and "file" not in splits:
+        raise RunError(f"file={keys['file']} is given but split={','.join(splits)} leaves it out; add file to split")
+    mc = McSettings(
+        samples=keys.get("mc.samples", cfg.eval.mc_samples or 10),
+        seed=keys.get("mc.seed", cfg.seed),
+        word_dropout=keys.get("mc.word_dropout", bool(getattr(cfg.eval, "mc_word_dropout", False))),
+    )
+    pointer = POINTER_DEFAULTS.get(dataset, PointerSettings())
+    pointer = replace(
+        pointer,
+        window=keys.get("pointer.window", pointer.window), theta=keys.get("pointer.theta", pointer.theta),
+        lambd=keys.get("pointer.lambda", pointer.lambd), start=keys.get("pointer.start", pointer.start),
+    )
+    rule = keys.get("dynamic.rule", "rms")
+    if rule == "rms":
+        base = DYNAMIC_DEFAULTS.get(dataset, DynamicSettings())
+    else:
+        if "dynamic" in methods and "dynamic.lr" not in keys:
+            raise RunError("dynamic.rule=sgd needs dynamic.lr (the RMS rule's default does not suit plain SGD)")
+        base = DynamicSettings(rule="sgd", lr=0.0, decay=0.0)
+    dynamic = replace(
+        base, rule=rule, lr=keys.get("dynamic.lr", base.lr), decay=keys.get("dynamic.decay", base.decay),
+        epsilon=keys.get("dynamic.epsilon", base.epsilon),
+    )
+    return Plan(
+        methods=methods, splits=splits, file=Path(keys["file"]) if "file" in keys else None,
+        batch_size=keys.get("batch_size"), bptt=keys.get("bptt"), mc=mc, pointer=pointer, dynamic=dynamic,
+        dynamic_bptt=keys.get("dynamic.bptt", 5), stats_batches=keys.get("dynamic.stats_batches"),
+        stats_batch_size=keys.get("dynamic.stats_batch_size", 100),
+    )
+
+
+def _run_status(run_dir: Path) -> Optional[str]:
+    try:
+        rows = read_csv(run_dir / "result.csv")
+    except (OSError, ValueError):
+        return None
+    return rows[0].get("status") if rows else None
+
+
+def _line(row: dict[str, Any]) -> str:
+    what = row["split"] if row["split"] != "file" else f"file {row['file']}"
+    extra = f"  {row['oov_words']} words -> <unk>" if row["split"] == "file" else ""
+    setup = f" (+{row['setup_seconds']:.1f} s statistics)" if row.get("setup_seconds") else ""
+    return (f"{row['method']:<9} {what:<6} ppl {row['ppl']:10.3f}  loss {row['loss']:.4f}  "
+            f"{row['tokens']} tokens  batch {row['batch_size']}  {row['seconds']:.1f} s{setup}  "
+            f"{row['tokens_per_second']} tok/s{extra}")
+
+
+def eval_command(argv: list[str]) -> int:
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(USAGE, end="")
+        return 0
+    if not argv or argv[0].startswith("-") or "=" in argv[0]:
+        got = f", got {argv[0]!r}" if argv else ""
+        return fail(f"give the run directory first{got}: rnnlm eval RUN_DIR [KEY=VALUE ...] (--help lists the keys)")
+    run_dir, rest = Path(argv[0]), argv[1:]
+    try:
+        keys = parse_overrides(rest)
+        import torch
+
+        if "threads" in keys:
+            torch.set_num_threads(keys["threads"])
+        run = load_run(run_dir, keys.get("checkpoint", "best"), keys.get("device", "auto"), keys.get("data"))
+        plan = build_plan(run, keys)
+        data = streams(run, plan)
+        check_sizes(run, plan, data)
+    except (UsageError, RunError, ValueError) as exc:
+        return fail(str(exc))
+    status = _run_status(run_dir)
+    if status != "completed":
+        print(f"rnnlm eval: note: {run_dir} has status {status or 'unknown'}; scoring its "
+              f"{run.checkpoint} checkpoint as it is now", file=sys.stderr)
+    evaluator = Evaluator(run, plan)
+    path = None
+    for method in plan.methods:
+        for stream in data:
+            _, row = evaluator.score(method, stream)
+            row["overrides"] = " ".join(rest)
+            path = append_rows(run_dir, [row])
+            print(_line(row), flush=True)
+    print(f"rnnlm eval: appended {len(plan.methods) * len(data)} rows to {path}", file=sys.stderr)
+    return 0

@@ -1,0 +1,203 @@
+"""``rnnlm eval`` on a tiny trained run: rows, agreement with training-time figures, bad
+input, the tuning script and ``rnnlm summary --metric pointer_ppl``."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from eval_helpers import make_run
+from helpers import RNNLM, read_rows
+
+from rnnlm.cli import main as rnnlm_main
+from rnnlm.data import Vocab
+from rnnlm.evaluation.rows import EVAL_COLUMNS
+from rnnlm.evaluation.runs import RunError, encode_text, use_asgd_average
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """A completed tiny run with MC figures and <unk> in its vocabulary."""
+    return make_run(tmp_path_factory.mktemp("eval"), unk=True, **{"eval.mc_samples": 2})
+
+
+@pytest.fixture()
+def fresh(run, tmp_path) -> Path:
+    """A copy of the run without eval.csv, for tests that count rows."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("eval.csv"))
+    return copy
+
+
+def training_files(run_dir: Path) -> dict[str, str]:
+    files = ["result.csv", "metrics.csv", "checkpoints/best.pt", "checkpoints/last.pt", ".hydra/config.yaml"]
+    return {f: hashlib.sha256((run_dir / f).read_bytes()).hexdigest() for f in files}
+
+
+def by(rows, method, split):
+    (row,) = [r for r in rows if r["method"] == method and r["split"] == split]
+    return row
+
+
+def test_every_method_agrees_with_training_and_only_eval_csv_is_written(fresh, capsys):
+    before = training_files(fresh)
+    code = rnnlm_main(["eval", str(fresh), "method=standard,mc,pointer,dynamic", "batch_size=1",
+                       "pointer.lambda=0", "dynamic.lr=0", "dynamic.stats_batches=3"])
+    assert code == 0, capsys.readouterr().err
+    assert training_files(fresh) == before
+    rows = read_rows(fresh / "eval.csv")
+    assert list(rows[0]) == list(EVAL_COLUMNS)
+    assert len(rows) == 8 and {r["checkpoint"] for r in rows} == {"best"}
+    standard = {s: float(by(rows, "standard", s)["ppl"]) for s in ("valid", "test")}
+    # lambda = 0 and lr = 0 reduce to the standard evaluation (same batch size and segments here:
+    # dynamic uses bptt 5, so compare it to a standard evaluation with bptt 5 below).
+    for split in ("valid", "test"):
+        assert float(by(rows, "pointer", split)["ppl"]) == standard[split]
+        assert float(by(rows, "dynamic", split)["ppl"]) == pytest.approx(standard[split], rel=1e-3)
+    out = capsys.readouterr().out
+    assert out.count("\n") == 8 and "pointer" in out
+    row = by(rows, "dynamic", "test")
+    assert row["dynamic.rule"] == "rms" and row["dynamic.stats_batches"] == "3" and row["bptt"] == "5"
+    assert row["pointer.window"] == "" and by(rows, "pointer", "test")["pointer.lambda"] == "0.0"
+
+
+def test_defaults_reproduce_the_training_time_figures(fresh, capsys):
+    """Standard (run's batch sizes, best checkpoint) and MC (run's seed and K) match result.csv."""
+    assert rnnlm_main(["eval", str(fresh), "method=standard,mc"]) == 0, capsys.readouterr().err
+    rows = read_rows(fresh / "eval.csv")
+    (result,) = read_rows(fresh / "result.csv")
+    assert float(by(rows, "standard", "valid")["ppl"]) == pytest.approx(float(result["best_val_ppl"]), rel=1e-9)
+    assert float(by(rows, "standard", "test")["ppl"]) == pytest.approx(float(result["test_ppl"]), rel=1e-9)
+    assert float(by(rows, "mc", "valid")["ppl"]) == pytest.approx(float(result["mc_val_ppl"]), rel=1e-9)
+    assert float(by(rows, "mc", "test")["ppl"]) == pytest.approx(float(result["mc_test_ppl"]), rel=1e-9)
+    assert by(rows, "mc", "test")["mc.samples"] == "2" and by(rows, "mc", "test")["mc.seed"] == "3"
+    assert by(rows, "standard", "valid")["batch_size"] == "5" and by(rows, "standard", "test")["batch_size"] == "2"
+
+
+def test_dynamic_lr_zero_is_standard_and_rows_append(fresh, capsys):
+    args = ["eval", str(fresh), "split=test", "bptt=5", "batch_size=1"]
+    assert rnnlm_main([*args, "method=standard"]) == 0
+    assert rnnlm_main([*args, "method=dynamic", "dynamic.rule=sgd", "dynamic.lr=0"]) == 0
+    rows = read_rows(fresh / "eval.csv")
+    assert [r["method"] for r in rows] == ["standard", "dynamic"]  # appended, old rows kept
+    assert float(rows[1]["loss"]) == pytest.approx(float(rows[0]["loss"]), rel=1e-7)
+    assert rows[1]["setup_seconds"] == ""  # sgd needs no gradient statistics
+
+
+def test_user_file_counts_words_outside_the_vocabulary(fresh, tmp_path, capsys):
+    text = tmp_path / "mine.txt"
+    text.write_text("the cat sees a zebra\nmy sister buys a spaceship today\n", encoding="utf-8")
+    assert rnnlm_main(["eval", str(fresh), f"file={text}", "method=standard,pointer"]) == 0
+    rows = read_rows(fresh / "eval.csv")
+    assert [(r["split"], r["oov_words"], r["tokens"], r["batch_size"]) for r in rows] == [("file", "2", "12", "1")] * 2
+    assert rows[0]["file"] == str(text)
+    assert "2 words -> <unk>" in capsys.readouterr().out
+
+
+def test_checkpoint_last(fresh, capsys):
+    assert rnnlm_main(["eval", str(fresh), "checkpoint=last", "split=valid"]) == 0
+    assert read_rows(fresh / "eval.csv")[0]["checkpoint"] == "last"
+
+
+def test_last_checkpoint_after_asgd_uses_the_averaged_weights():
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.ASGD(model.parameters(), lr=0.1, t0=0, lambd=0.0)
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(4, 3)).pow(2).sum().backward()
+        opt.step()
+    state = opt.state_dict()
+    use_asgd_average(model, state)
+    for p in model.parameters():
+        assert torch.equal(p, opt.state[p]["ax"])
+
+
+BAD = [
+    ([], "give the run directory first"),
+    (["method=pointer"], "give the run directory first"),
+    (["{missing}"], "is not a directory"),
+    (["{empty}"], "is not a run directory"),
+    (["{run}", "foo=1"], "foo is not a key"),
+    (["{run}", "method=pointer,beam"], "method=pointer,beam is not"),
+    (["{run}", "pointer.theta=abc"], "pointer.theta=abc is not a number"),
+    (["{run}", "method=pointer", "pointer.lambda=1.5"], "pointer.lambda=1.5 must be in [0, 1]"),
+    (["{run}", "method=pointer", "pointer.window=0"], "pointer.window=0 must be a positive number"),
+    (["{run}", "method=dynamic", "dynamic.lr=-1"], "dynamic.lr=-1.0 must be"),
+    (["{run}", "method=dynamic", "dynamic.rule=sgd"], "dynamic.rule=sgd needs dynamic.lr"),
+    (["{run}", "batch_size=100000"], "batch_size=100000 is too large"),
+    (["{run}", "file={nofile}"], "cannot read file="),
+    (["{run}", "split=file"], "split=file needs file=PATH"),
+    (["{run}", "checkpoint=newest"], "checkpoint=newest is not best or last"),
+    (["{run}", "device=gpu"], "device=gpu is not a device"),
+    (["{run}", "nokey"], "'nokey' is not KEY=VALUE"),
+    (["{unfinished}"], "has no checkpoints/best.pt"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD, ids=[m for _, m in BAD])
+def test_bad_input_is_one_line_exit_2_and_nothing_written(fresh, tmp_path, capsys, args, message):
+    (tmp_path / "empty").mkdir()
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(fresh / ".hydra", unfinished / ".hydra")
+    paths = dict(run=fresh, missing=tmp_path / "nope", empty=tmp_path / "empty", nofile=tmp_path / "nofile.txt",
+                 unfinished=unfinished)
+    assert rnnlm_main(["eval", *(a.format(**paths) for a in args)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("rnnlm: error: ") and message in err, err
+    assert not (fresh / "eval.csv").exists() and not (unfinished / "eval.csv").exists()
+
+
+def test_text_outside_a_vocabulary_without_unk_is_refused(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("a b c\n", encoding="utf-8")
+    with pytest.raises(RunError, match="no <unk>"):
+        encode_text(text, Vocab(["<eos>", "a", "b"]))
+    ids, oov = encode_text(text, Vocab(["<eos>", "a", "b", "<unk>"]))
+    assert ids.tolist() == [1, 2, 3, 0] and oov == 1
+
+
+def test_console_script(fresh):
+    proc = subprocess.run([RNNLM, "eval", str(fresh), "method=pointer", "split=test"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("pointer   test") and "appended 1 rows" in proc.stderr
+    help_ = subprocess.run([RNNLM, "eval", "--help"], capture_output=True, text=True, timeout=60)
+    assert help_.returncode == 0 and "pointer.lambda" in help_.stdout
+
+
+def test_tuning_picks_on_validation_and_summary_reports_it(fresh, capsys):
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import tune_eval
+    finally:
+        sys.path.pop(0)
+    code = tune_eval.main([str(fresh), "--method", "pointer", "--theta", "0.5,1", "--lambda", "0.05,0.2",
+                           "--valid-tokens", "150", "pointer.window=40"])
+    assert code == 0, capsys.readouterr().err
+    rows = read_rows(fresh / "eval.csv")
+    grid = [r for r in rows if r["overrides"].endswith("grid")]
+    assert len(grid) == 4 and all(r["split"] == "valid" and r["tokens"] == "149" for r in grid)
+    best = min(grid, key=lambda r: float(r["ppl"]))
+    chosen = [r for r in rows if r["overrides"].endswith("chosen")]
+    assert [r["split"] for r in chosen] == ["valid", "test"]  # the full validation split, then test once
+    for r in chosen:
+        assert (r["pointer.theta"], r["pointer.lambda"]) == (best["pointer.theta"], best["pointer.lambda"])
+    capsys.readouterr()
+
+    assert rnnlm_main(["summary", str(fresh), "--metric", "pointer_ppl", "--format", "csv"]) == 0
+    out = capsys.readouterr().out
+    header, values = out.splitlines()[:2]
+    table = dict(zip(header.split(","), values.split(",")))
+    assert float(table["pointer_val_ppl_mean"]) == pytest.approx(float(chosen[0]["ppl"]))
+    assert float(table["pointer_test_ppl_mean"]) == pytest.approx(float(chosen[1]["ppl"]))
+    assert "val_ppl_mean" in table  # the training perplexities sit beside it
+    assert rnnlm_main(["summary", str(fresh), "--metric", "dynamic_ppl"]) == 1  # no dynamic rows: nothing to report
+    assert "no dynamic_val_ppl" in capsys.readouterr().err
