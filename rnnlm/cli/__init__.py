@@ -1,4 +1,5 @@
-"""The ``rnnlm`` console script: ``rnnlm train [overrides]`` and ``rnnlm summary DIR...``.
+"""The ``rnnlm`` console script: ``rnnlm train [overrides]``, ``rnnlm summary DIR...``,
+``rnnlm eval RUN_DIR [KEY=VALUE...]`` and ``rnnlm generate RUN_DIR [options]``.
 
 Hydra lives in this package and nowhere else: ``train`` composes and validates
 the config with Hydra and hands a plain :class:`~rnnlm.config.RunConfig` and the
@@ -13,6 +14,8 @@ USAGE = """\
 usage: rnnlm train [OVERRIDE ...]        train a language model (Hydra overrides; --help lists all keys)
        rnnlm train resume=RUN_DIR [...]  continue an interrupted run in its own directory
        rnnlm summary DIR [DIR ...]       tables and plots of finished runs (--help for options)
+       rnnlm eval RUN_DIR [KEY=VALUE]    score a run: standard, MC dropout, pointer, dynamic eval (--help)
+       rnnlm generate RUN_DIR [...]      sample text from a run (--help for options)
 """
 
 
@@ -30,5 +33,13 @@ def main(argv: list[str] | None = None) -> int:
         from ..summary.cli import main as summary_main
 
         return summary_main(rest)
-    print(f"rnnlm: error: unknown command {command!r}; use 'rnnlm train' or 'rnnlm summary'", file=sys.stderr)
+    if command == "eval":
+        from .eval import eval_command
+
+        return eval_command(rest)
+    if command == "generate":
+        from .generate import generate_command
+
+        return generate_command(rest)
+    print(f"rnnlm: error: unknown command {command!r}; use 'rnnlm train', 'summary', 'eval' or 'generate'", file=sys.stderr)
     return 2
