@@ -34,11 +34,6 @@ def _check_positive(key: str, value: float | int | None, allow_none: bool = Fals
         raise ConfigError(f"{key}={value} must be a positive number, e.g. {key}=10.")
 
 
-class DatasetName(str, Enum):
-    ptb = "ptb"
-    wikitext2 = "wikitext2"
-
-
 class RecurrentKind(str, Enum):
     """Which recurrent-dropout scheme regularises h_{t-1} -> gates."""
 
@@ -84,8 +79,23 @@ class Optimizer(str, Enum):
 
 
 @dataclass
+class HubConfig:
+    """``datasets.load_dataset(path, name, data_files=...)``, one row per line of ``column``."""
+
+    path: Optional[str] = None  # e.g. Salesforce/wikitext, or a builder such as text / parquet
+    name: Optional[str] = None  # the dataset's config, e.g. wikitext-2-v1
+    data_files: Optional[dict[str, str]] = None  # split (train/validation/test) -> file or URL
+    column: Optional[str] = None  # None: 'text' or 'sentence'
+
+
+@dataclass
 class DatasetConfig:
-    name: DatasetName = DatasetName.ptb
+    """One dataset: ``configs/dataset/<name>.yaml`` fills it in; a new dataset is a new YAML."""
+
+    name: str = "ptb"  # as the results report it
+    # $RNNLM_DATA_DIR/<dirname>/ holds train.txt valid.txt test.txt; None: the name.
+    dirname: Optional[str] = None
+    hub: HubConfig = field(default_factory=HubConfig)
     # Directory with train.txt/valid.txt/test.txt; None: $RNNLM_DATA_DIR, then the Hub.
     path: Optional[str] = None
     batch_size: int = 20
@@ -95,6 +105,10 @@ class DatasetConfig:
     cache_dir: Optional[str] = None
 
     def __post_init__(self) -> None:
+        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
+            raise ConfigError(
+                f"dataset.name={self.name!r} must be a plain name (letters, digits, - _ .), e.g. wikitext103."
+            )
         _check_positive("dataset.batch_size", self.batch_size)
         _check_positive("dataset.eval_batch_size", self.eval_batch_size)
         _check_positive("dataset.test_batch_size", self.test_batch_size)

@@ -26,7 +26,7 @@ import torch
 
 from . import __version__
 from .config import ConfigError, RunConfig, TestWeights, settings
-from .data import Corpus, batchify, load_corpus
+from .data import Corpus, batchify, load_dataset
 from .model import AWDLSTM, count_parameters
 from .results import METRICS_COLUMNS, RESULT_COLUMNS, SETTING_COLUMNS, write_csv
 from .training import Diverged, Trainer, evaluate, evaluate_mc, load_checkpoint, perplexity, save_checkpoint
@@ -79,7 +79,7 @@ class RunFiles:
         flat = settings(cfg)
         self.result: dict[str, Any] = {key: flat[key] for key in SETTING_COLUMNS}
         self.result.update(
-            dataset=cfg.dataset.name.value, seed=cfg.seed, status="running",
+            dataset=cfg.dataset.name, seed=cfg.seed, status="running",
             eval_batch_size=cfg.dataset.eval_batch_size, test_batch_size=cfg.dataset.test_batch_size,
             device=str(device), torch_version=torch.__version__, rnnlm_version=__version__,
             git_revision=git_revision(), overrides=" ".join(overrides), run_dir=str(self.dir),
@@ -109,7 +109,7 @@ def check_batch_sizes(cfg: RunConfig, corpus: Corpus) -> None:
 
 
 def build(cfg: RunConfig, device: torch.device) -> tuple[Corpus, AWDLSTM]:
-    corpus = load_corpus(cfg.dataset.name.value, path=cfg.dataset.path, cache_dir=cfg.dataset.cache_dir)
+    corpus = load_dataset(cfg.dataset)
     check_batch_sizes(cfg, corpus)
     model = AWDLSTM(len(corpus.vocab), cfg.model, cfg.dropout).to(device)
     return corpus, model

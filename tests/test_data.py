@@ -245,11 +245,11 @@ def test_hub_parquet_matches_files(tmp_path, column, newline):
 def test_load_corpus_through_hub_path_uses_cache(tmp_path, monkeypatch):
     files = write_parquet(tmp_path / "parquet", "text", "\n")
     hub = {"path": "parquet", "data_files": files, "cache_dir": str(tmp_path / "hf")}
-    monkeypatch.setitem(sources.DATASETS, "wikitext2", DatasetSource("wikitext-2", hub))
+    source = DatasetSource("wikitext2", "wikitext-2", hub)
     expected = load_corpus("ptb", write_dir(tmp_path / "files"))
-    assert_same(load_corpus("wikitext2"), expected)
+    assert_same(load_corpus(source), expected)
     monkeypatch.setattr(corpus_module, "tokenize", lambda lines: pytest.fail("re-tokenised"))
-    assert_same(load_corpus("wikitext2"), expected)
+    assert_same(load_corpus(source), expected)
 
 
 # --- errors ------------------------------------------------------------------------------
@@ -290,7 +290,7 @@ def test_error_offline_without_local_data(tmp_path, monkeypatch, name):
     monkeypatch.setenv("RNNLM_DATA_DIR", str(tmp_path))  # exists, but has no dataset directory
     message = data_error(load_corpus, name)
     assert f"no local {name} data" in message
-    assert f"RNNLM_DATA_DIR={tmp_path} has no {sources.DATASETS[name].dirname}/" in message
+    assert f"RNNLM_DATA_DIR={tmp_path} has no {sources.packaged_source(name).dirname}/" in message
     assert "dataset.path=DIR" in message and "train.txt, valid.txt, test.txt" in message
     assert not list(tmp_path.glob("rnnlm-cache/*"))
 

@@ -60,4 +60,4 @@ def test_every_experiment_composes_to_a_valid_config(experiment):
     """Each recipe passes the same typed, range-checked validation as ``rnnlm train``."""
     with initialize_config_module("rnnlm.configs", version_base="1.3"):
         cfg = to_run_config(compose("config", overrides=[f"experiment={experiment}"]))
-    assert cfg.trainer.max_epochs > 0 and cfg.dataset.name.value in config_options("dataset")
+    assert cfg.trainer.max_epochs > 0 and cfg.dataset.name in config_options("dataset")

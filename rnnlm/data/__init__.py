@@ -1,7 +1,16 @@
 """Corpora, batching and data sources (see ``corpus`` and ``sources``)."""
 
 from .corpus import EOS, SPLITS, Corpus, Vocab, batchify, get_batch, tokenize
-from .sources import DATASETS, HUB_SPLITS, DataError, DatasetSource, load_corpus, load_hub_splits
+from .sources import (
+    HUB_SPLITS,
+    DataError,
+    DatasetSource,
+    load_corpus,
+    load_dataset,
+    load_hub_splits,
+    packaged_datasets,
+    packaged_source,
+)
 
 __all__ = [
     "EOS",
@@ -11,10 +20,12 @@ __all__ = [
     "batchify",
     "get_batch",
     "tokenize",
-    "DATASETS",
     "HUB_SPLITS",
     "DataError",
     "DatasetSource",
     "load_corpus",
+    "load_dataset",
     "load_hub_splits",
+    "packaged_datasets",
+    "packaged_source",
 ]

