@@ -177,7 +177,7 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
 def build_plan(run, keys: dict[str, Any]) -> Plan:
     """The plan of one call, with the run's and the dataset's defaults filled in."""
     cfg = run.cfg
-    dataset = cfg.dataset.name.value
+    dataset = cfg.dataset.name
     methods = keys.get("method", ["standard"])
     splits = keys.get("split", ["file"] if "file" in keys else ["valid", "test"])
     if "file" in splits and "file" not in keys:

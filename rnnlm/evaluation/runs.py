@@ -8,7 +8,7 @@ Everything comes from the run directory that ``rnnlm train`` left::
                                  averaged iterate is what the run validated and tested
 
 The vocabulary is rebuilt from the run's corpus (``dataset.path``, else
-``$RNNLM_DATA_DIR``, else the Hub) and must have the size the checkpoint was trained
+``$RNNLM_DATA_DIR``, else its Hub source: ``load_dataset(cfg.dataset)``) and must have the size the checkpoint was trained
 with. Checkpoints load with ``torch.load(weights_only=True)``. Nothing is written.
 """
 
@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..config import ConfigError, RunConfig
-from ..data import Corpus, DataError, Vocab, load_corpus, tokenize
+from ..data import Corpus, DataError, Vocab, load_dataset, tokenize
 from ..model import AWDLSTM
 from ..training import CheckpointError, load_checkpoint
 
@@ -121,7 +121,7 @@ def load_run(
         raise RunError(f"{run_dir} has no {CHECKPOINTS[checkpoint]}: the run has not saved that checkpoint yet{hint}")
     dev = resolve_device(device)
     try:
-        corpus = load_corpus(cfg.dataset.name.value, path=cfg.dataset.path, cache_dir=cfg.dataset.cache_dir)
+        corpus = load_dataset(cfg.dataset)
     except DataError as exc:
         raise RunError(f"cannot load the run's corpus for its vocabulary: {exc}") from None
     try:
