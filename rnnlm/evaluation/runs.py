@@ -7,9 +7,9 @@ Everything comes from the run directory that ``rnnlm train`` left::
     RUN_DIR/checkpoints/last.pt  the trainer state of the last epoch; with ASGD the
                                  averaged iterate is what the run validated and tested
 
-The vocabulary is rebuilt from the run's corpus (``dataset.path``, else
-``$RNNLM_DATA_DIR``, else its Hub source: ``load_dataset(cfg.dataset)``) and must have the size the checkpoint was trained
-with. Checkpoints load with ``torch.load(weights_only=True)``. Nothing is written.
+The vocabulary is rebuilt from the run's corpus (``load_dataset(cfg.dataset)``:
+``dataset.path``, else ``$RNNLM_DATA_DIR``, else its Hub source) and must have the
+size the checkpoint was trained with. Checkpoints load with ``torch.load(weights_only=True)``. Nothing is written.
 """
 
 from __future__ import annotations
