@@ -139,7 +139,7 @@ def train(
     )
     log.info(
         "%s: %d params, vocab %d, %d train tokens, device %s, run dir %s",
-        ds.name.value, files.result["n_params"], len(corpus.vocab), corpus.train.numel(), device, files.dir,
+        ds.name, files.result["n_params"], len(corpus.vocab), corpus.train.numel(), device, files.dir,
     )
 
     def checkpoint(trainer: Trainer) -> None:
