@@ -4,7 +4,6 @@ input, the tuning script and ``rnnlm summary --metric pointer_ppl``."""
 from __future__ import annotations
 
 import hashlib
-import math
 import shutil
 import subprocess
 import sys

@@ -15,7 +15,9 @@ First tokens of a stream (``start``):
 
 - ``full`` (default, the reference): the pointer is used only at positions
   t > window, where the cache holds a full window (awd-lstm-lm tests
-  ``start_idx + idx > window``); positions 0..window use p_vocab alone.
+  ``start_idx + idx > window``); positions 0..window use p_vocab alone. (Its
+  trimmed history also makes it skip the first position of every later BPTT
+  segment, a dependence on ``--bptt`` that is not copied here.)
 - ``partial`` (Grave et al.'s cache): from t = 1 on, over the pairs that exist.
 
 Each stream (batch column) has its own cache, carried across BPTT segments, so the

@@ -183,7 +183,8 @@ class Evaluator:
             "tokens_per_second": round(score.tokens / seconds, 1) if seconds > 0 else None,
             "setup_seconds": round(setup, 3) if setup else None, "batch_size": size, "bptt": bptt,
             "dataset": run.cfg.dataset.name, "device": str(run.device), "torch_version": torch.__version__,
-            "rnnlm_version": __version__, "git_revision": _revision(), "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "rnnlm_version": __version__, "git_revision": _revision(),
+            "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
         if method == "mc":
             row.update({"mc.samples": mc.samples, "mc.seed": mc.seed, "mc.word_dropout": mc.word_dropout})
