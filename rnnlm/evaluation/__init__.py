@@ -6,6 +6,7 @@
 - ``dynamic``: dynamic evaluation (Krause et al. 2018), RMS rule with decay, or SGD.
 - ``runs``: a finished run's config, vocabulary and checkpoint, loaded for scoring.
 - ``rows``: the rows of ``RUN_DIR/eval.csv``, appended atomically.
+- ``runner``: one method on one split of a loaded run, timed, as an eval.csv row.
 - ``generate``: sampling text from a run.
 """
 
