@@ -21,16 +21,15 @@ of 500, most positions use the full cache, as on a whole test set. Methods:
 The gradient statistics that dynamic evaluation gathers once on training data (all of
 PTB train in ``rnnlm eval``; here ``--stats-batches`` segments of 100 x 5 tokens) are
 timed separately and reported as training tokens/s. The first line printed names the
-machine (CPU model, vector ISA from /proc/cpuinfo, torch threads, torch version, load);
-the last line is one JSON object with every figure. docs/performance.md quotes them.
+machine (scripts/machine.py: CPU model, vector ISA from /proc/cpuinfo, torch threads,
+torch version, load); the last line is one JSON object with every figure.
+docs/performance.md quotes them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -38,35 +37,17 @@ from pathlib import Path
 
 import torch
 
-from rnnlm.config import DropoutConfig, ModelConfig
-from rnnlm.data import DataError, batchify, load_corpus
-from rnnlm.evaluation.dynamic import DynamicSettings, evaluate_dynamic, gradient_statistics
-from rnnlm.evaluation.pointer import PointerSettings, evaluate_pointer
-from rnnlm.model import AWDLSTM
-from rnnlm.training import evaluate, evaluate_mc
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import machine, machine_line  # noqa: E402
+from rnnlm.config import DropoutConfig, ModelConfig  # noqa: E402
+from rnnlm.data import DataError, batchify, load_corpus  # noqa: E402
+from rnnlm.evaluation.dynamic import DynamicSettings, evaluate_dynamic, gradient_statistics  # noqa: E402
+from rnnlm.evaluation.pointer import PointerSettings, evaluate_pointer  # noqa: E402
+from rnnlm.model import AWDLSTM  # noqa: E402
+from rnnlm.training import evaluate, evaluate_mc  # noqa: E402
 
 TARGETS = {"pointer": 1.5, "dynamic": 3.0}  # issue 10: at most this many times the standard time
-
-
-def machine() -> dict:
-    """CPU model and widest vector ISA from /proc/cpuinfo, threads, torch version, load."""
-    model, flags = "", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and not model:
-                model = value.strip()
-            elif key.strip() in ("flags", "Features") and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
-    isa = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"),
-                                          ("sve", "SVE"), ("asimd", "NEON")) if flag in flags), "unknown")
-    return {
-        "cpu_model": model or platform.processor() or platform.machine(), "cpu_isa": isa,
-        "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "torch_version": torch.__version__,
-        "load_avg_before": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-    }
 
 
 def ptb(tokens: int, data: str | None) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -93,10 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=None, help="PTB directory (default: $RNNLM_DATA_DIR/ptb)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    info = machine()
-    gpu = f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
-    print(f"machine: {info['cpu_model']}, {info['cpu_isa']}, {info['cpu_count']} CPUs, {info['threads']} torch "
-          f"threads, torch {info['torch_version']}{gpu}, load {info['load_avg_before']}", flush=True)
+    info = machine(device)
+    print(machine_line(info), flush=True)
 
     test_ids, train_ids, source = ptb(args.tokens, args.data)
     torch.manual_seed(0)
