@@ -71,6 +71,7 @@ BAD_INPUT = [
     (["device=tpu"], "device=tpu is not a device"),
     (["dataset.path=/no/such/dir"], "dataset.path=/no/such/dir does not exist"),
     (["-m", "seed=1,x"], "seed=x: Value 'x' of type 'str' could not be converted to Integer"),
+    (["hydra.run.dir=/proc/rnnlm/run"], "hydra.run.dir=/proc/rnnlm/run cannot be created: "),
 ]
 if not torch.cuda.is_available():
     BAD_INPUT.append((["device=cuda"], "device=cuda but CUDA is not available here; use device=cpu"))
@@ -78,7 +79,8 @@ if not torch.cuda.is_available():
 
 @pytest.mark.parametrize("overrides,message", BAD_INPUT, ids=lambda v: " ".join(v) if isinstance(v, list) else "")
 def test_bad_input_one_line_exit_2_nothing_written(overrides, message, tmp_path, capsys):
-    code = rnnlm_main(["train", "experiment=smoke", *overrides])
+    flags = [o for o in overrides if o.startswith("-")]  # Hydra takes its flags before the overrides
+    code = rnnlm_main(["train", *flags, "experiment=smoke", *(o for o in overrides if o not in flags)])
     err = capsys.readouterr().err
     assert code == 2
     assert message in err

@@ -1,42 +1,67 @@
-"""``rnnlm train``: Hydra composes the config; nothing else here knows about Hydra.
+"""``rnnlm train``: Hydra composes the config; nothing else in rnnlm knows about Hydra.
 
-Before Hydra creates any directory, :func:`preflight` composes and validates the
-config of every job (a sweep is expanded the way Hydra's basic sweeper does),
-checks the device and the data, and refuses to reuse a directory that already
-holds a run. Bad input therefore ends with one line, exit code 2 and no files.
+Only Hydra's public surface is used: ``@hydra.main``, one callback
+(:class:`Guard`, listed under ``hydra.callbacks`` in configs/config.yaml) and the
+task function. Every job checks its own config before it writes anything, so it
+works with any sweeper or launcher:
+
+* a single run is checked by :meth:`Guard.on_run_start`, before Hydra creates the
+  run directory: bad input ends with one line, exit code 2 and no files;
+* every job of a sweep (basic, Optuna, ...) is checked at the start of the task
+  function, before its first write: a bad job fails alone and leaves nothing
+  behind, and the other jobs run.
+
+Then the job claims its directory (:mod:`rnnlm.rundir`) and only then writes
+``.hydra/`` (Hydra's own copy is switched off, ``hydra.output_subdir: null``) and
+its log file, so two runs never write into one directory.
+
+The task function returns the best validation perplexity: the objective of an
+optimising sweeper (``sweep=optuna_dropout``, ``hydra/sweeper=optuna``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
+import math
+import os
+import secrets
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import hydra
-from hydra import compose, initialize_config_module
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.errors import HydraException
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
-from ..config import ConfigError, RunConfig
-from ..data import Corpus, DataError, load_corpus
-from ..run import check_batch_sizes, holds_run, resolve_device, train
-from .errors import EXIT_INTERRUPTED, UsageError, describe, fail
+from ..atomic import atomic_write_text
+from ..config import ConfigError, RunConfig, settings
+from ..data import DataError, load_dataset
+from ..run import LAST, check_batch_sizes, holds_run, resolve_device, train
+from ..rundir import Claim, ClaimError, claim_new, claim_stopped, is_claimed
+from .errors import EXIT_INTERRUPTED, EXIT_USAGE, describe, fail
 
 log = logging.getLogger("rnnlm")
 
 ConfigStore.instance().store(name="run_config_schema", node=RunConfig)
+# ${rnnlm.tag:} in the default run and sweep directories: a short random tag, so runs started
+# in the same microsecond still get different directories. Cached, so it is one value per
+# config (Hydra copies the cache into every job of a sweep).
+OmegaConf.register_new_resolver("rnnlm.tag", lambda: secrets.token_hex(2), use_cache=True, replace=True)
 
 CONFIG_MODULE = "rnnlm.configs"
-# Flags after which Hydra prints something and trains nothing.
-INFO_FLAGS = {"-h", "--help", "--hydra-help", "-i", "--info", "-c", "--cfg", "--resolve", "-sc",
-              "--shell-completion", "-p", "--package", "--version"}
+HYDRA_DIR = ".hydra"
+RESUME_AUTO = "RNNLM_RESUME"  # set to "auto" (hydra.job.env_set) by `rnnlm train ... resume=auto`
+
+
+class JobRefused(Exception):
+    """A job of a sweep whose config or directory was refused before it wrote anything."""
 
 
 def to_run_config(cfg: DictConfig) -> RunConfig:
@@ -44,114 +69,233 @@ def to_run_config(cfg: DictConfig) -> RunConfig:
     return OmegaConf.to_object(cfg)  # type: ignore[return-value]
 
 
+@contextlib.contextmanager
+def quiet(name: str) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+_checked_data: set[tuple[Any, ...]] = set()
+
+
+def validate(task_cfg: DictConfig) -> RunConfig:
+    """Everything that can be checked before a run writes anything: the typed, range-checked
+    config, the device, and that the data exist and fit the batch sizes."""
+    try:
+        cfg = to_run_config(task_cfg)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(describe(exc)) from None
+    resolve_device(cfg.device)
+    ds = cfg.dataset
+    key = (ds.name, ds.path, ds.cache_dir, ds.batch_size, ds.eval_batch_size, ds.test_batch_size)
+    if key not in _checked_data:  # a single run is checked twice: by Guard, then by the job
+        with quiet("rnnlm"):  # the run loads the data again and says so then
+            corpus = load_dataset(ds)
+        check_batch_sizes(cfg, corpus)
+        _checked_data.add(key)
+    return cfg
+
+
+def task_part(config: DictConfig) -> DictConfig:
+    """The job's own config: ``config`` without its ``hydra`` node."""
+    task = copy.deepcopy(config)  # as Hydra's run_job makes it
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    return task
+
+
+_new_sweep_dirs: list[Path] = []  # the sweep directory and its parents that did not exist yet
+
+
+def remove_empty_sweep() -> None:
+    """A sweep whose sweeper refused a job before any ran (a composition error) leaves only
+    Hydra's multirun.yaml in a new sweep directory: remove them, so bad input leaves nothing."""
+    if not _new_sweep_dirs:
+        return
+    sweep = _new_sweep_dirs[0]
+    if sweep.is_dir() and [p.name for p in sweep.iterdir()] == ["multirun.yaml"]:
+        (sweep / "multirun.yaml").unlink()
+        for directory in _new_sweep_dirs:
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+
+
+class Guard(Callback):
+    """Checks before Hydra creates anything (public callback API, any sweeper or launcher)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            validate(task_part(config))
+        except (ConfigError, DataError) as exc:
+            raise SystemExit(fail(str(exc))) from None
+        # Hydra creates the directory next, and a failure there would be a traceback. The value is
+        # the one Hydra will use: ${now:} and ${rnnlm.tag:} are cached on this config object.
+        run_dir = Path(str(config.hydra.run.dir))
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SystemExit(fail(f"hydra.run.dir={run_dir} cannot be created: {exc.strerror or exc}")) from None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = Path(str(config.hydra.sweep.dir))
+        _new_sweep_dirs[:] = [p for p in (sweep, *sweep.parents) if not p.exists()]
+        if config.hydra.job.env_set.get(RESUME_AUTO) == "auto":
+            return  # resuming the jobs of this sweep is what was asked for
+        taken = sorted(p.parent for p in sweep.glob("**/result.csv")) if sweep.is_dir() else []
+        if taken:
+            raise SystemExit(fail(
+                f"hydra.sweep.dir={sweep} already holds runs (e.g. {taken[0]}); choose a new "
+                f"hydra.sweep.dir, or add resume=auto to continue its interrupted jobs"
+            ))
+
+
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")
-def hydra_train(dcfg: DictConfig) -> None:
+def hydra_train(dcfg: DictConfig) -> float:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     single_run = hc.mode == RunMode.RUN
+    overrides = list(hc.overrides.task)
+    auto = os.environ.get(RESUME_AUTO) == "auto"
     try:
-        if holds_run(run_dir):  # preflight checks this too; two starts in one second can still meet
-            raise ConfigError(f"{run_dir} already holds a run; choose a new hydra.run.dir")
-        result = train(to_run_config(dcfg), run_dir, overrides=list(hc.overrides.task))
-    except (ConfigError, DataError) as exc:
-        if not single_run:
-            raise  # Hydra marks this job failed and the sweep goes on
-        raise SystemExit(fail(str(exc)))
+        cfg = validate(dcfg)  # before anything is written
+        claim, resume = claim_run_dir(run_dir, cfg, auto)
+    except (ConfigError, DataError, ClaimError) as exc:
+        with contextlib.suppress(OSError):
+            run_dir.rmdir()  # the empty directory Hydra made for a refused job (never a non-empty one)
+        if single_run:
+            raise SystemExit(fail(str(exc))) from None
+        log.error("job %s refused: %s", hc.job.num, exc)
+        raise JobRefused(f"job {hc.job.num} ({' '.join(overrides)}): {exc}") from None
+    with claim:
+        if not resume:
+            save_hydra_files(run_dir / HYDRA_DIR, dcfg, overrides)
+        with log_file(run_dir / f"{hc.job.name}.log"):
+            result = train(cfg, run_dir, overrides=overrides, resume=resume)
     if result["status"] == "interrupted":
         raise SystemExit(EXIT_INTERRUPTED)  # also ends a sweep: the user or scheduler asked to stop
     if result["status"] == "diverged" and single_run:
         raise SystemExit(fail("training diverged (NaN/inf loss); lower optim.lr or raise optim.clip", 1))
+    best = result.get("best_val_ppl")
+    return float(best) if best is not None and result["status"] == "completed" else math.inf
+
+
+def claim_run_dir(run_dir: Path, cfg: RunConfig, auto: bool) -> tuple[Claim, bool]:
+    """Claim ``run_dir`` for this job: ``(claim, resume)``.
+
+    A new run needs a directory no run has claimed. With ``resume=auto`` a directory that
+    holds a stopped run with the same config is taken over and continued (``resume`` is
+    True when it has a checkpoint to continue from); a different or finished run is refused.
+    """
+    used = is_claimed(run_dir) or holds_run(run_dir) or (run_dir / HYDRA_DIR).exists()
+    if not auto:
+        if used:
+            raise ClaimError(
+                f"hydra.run.dir={run_dir} already holds a run; choose a new hydra.run.dir, or continue "
+                f"it with `rnnlm train resume={run_dir}` (or resume=auto)"
+            )
+        return claim_new(run_dir), False
+    if not used:
+        return claim_new(run_dir), False
+    claim = claim_stopped(run_dir)
+    try:
+        check_same_run(run_dir, cfg)
+    except ClaimError:
+        claim.release()
+        raise
+    return claim, (run_dir / LAST).is_file()
+
+
+def check_same_run(run_dir: Path, cfg: RunConfig) -> None:
+    """``resume=auto``: the stopped run in ``run_dir`` must be unfinished and have ``cfg``'s config."""
+    from ..results import read_csv
+    from .resume import BUDGET_KEYS, load_saved_config
+
+    if (run_dir / "result.csv").is_file():
+        (row,) = read_csv(run_dir / "result.csv") or [{}]
+        if row.get("status") in ("completed", "diverged"):
+            raise ClaimError(
+                f"resume=auto: {run_dir} holds a {row['status']} run; nothing to continue "
+                f"(choose a new hydra.run.dir)"
+            )
+    if not (run_dir / HYDRA_DIR / "config.yaml").is_file():
+        if holds_run(run_dir):
+            raise ClaimError(f"resume=auto: {run_dir} holds run files but no {HYDRA_DIR}/config.yaml; "
+                             f"choose a new hydra.run.dir")
+        return  # claimed, but stopped before it wrote anything: start afresh
+    try:
+        saved = settings(load_saved_config(run_dir, []))
+    except (ConfigError, OmegaConfBaseException) as exc:
+        raise ClaimError(f"resume=auto: cannot read {run_dir}/{HYDRA_DIR}/config.yaml: {describe(exc)}") from None
+    new = settings(cfg)
+    differ = [k for k in new if k not in BUDGET_KEYS and saved.get(k) != new[k]]
+    if differ:
+        key = differ[0]
+        raise ClaimError(
+            f"resume=auto: {run_dir} holds a run with a different config ({key}={saved.get(key)}, "
+            f"not {new[key]}); choose a new hydra.run.dir"
+        )
+
+
+def save_hydra_files(directory: Path, task_cfg: DictConfig, overrides: list[str]) -> None:
+    """What Hydra would write to ``.hydra/``, written after the claim (and atomically)."""
+    atomic_write_text(directory / "config.yaml", OmegaConf.to_yaml(task_cfg))
+    atomic_write_text(directory / "hydra.yaml", OmegaConf.to_yaml(HydraConfig.instance().cfg))
+    atomic_write_text(directory / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))
+
+
+@contextlib.contextmanager
+def log_file(path: Path) -> Iterator[None]:
+    """The job's log file (appended), beside Hydra's console log, while the job runs."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
 
 
 def train_command(argv: list[str]) -> int:
-    if any(arg.startswith("resume=") for arg in argv):
+    resumes = [arg for arg in argv if arg.startswith("resume=")]
+    if resumes and resumes != ["resume=auto"]:
         from .resume import resume_command
 
         return resume_command(argv)
-    if not any(arg.split("=")[0] in INFO_FLAGS for arg in argv):
-        try:
-            preflight(argv)
-        except (UsageError, ConfigError, DataError) as exc:
-            return fail(str(exc))
-        except (HydraException, OmegaConfBaseException) as exc:
-            return fail(describe(exc))
+    if resumes:  # the job's environment carries it, to every launcher and to a requeued job
+        argv = [arg for arg in argv if arg != "resume=auto"] + [f"++hydra.job.env_set.{RESUME_AUTO}=auto"]
     sys.argv = ["rnnlm train", *argv]
-    hydra_train()
+    _checked_data.clear()
+    _new_sweep_dirs.clear()
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # optuna's import chatter
+    # Hydra re-raises instead of printing a traceback, so every error becomes one line here.
+    saved = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level  # Hydra configures logging for the process
+    try:
+        hydra_train()
+    except (HydraException, OmegaConfBaseException) as exc:
+        remove_empty_sweep()
+        return fail(describe(exc))
+    except (ConfigError, DataError, JobRefused) as exc:
+        return fail(str(exc))
+    except SystemExit as exc:  # from Hydra (--help, argparse) or from a job, with its message printed
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else fail(str(exc.code), 1))
+    finally:
+        root.handlers[:] = handlers  # for callers in the same process (tests)
+        root.setLevel(level)
+        if saved is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved
     return 0
 
 
-def parse_args(argv: list[str]) -> tuple[list[str], bool, str | None]:
-    """Split Hydra's command line into (overrides, multirun, config_dir)."""
-    overrides: list[str] = []
-    multirun, config_dir = False, None
-    args = iter(argv)
-    for arg in args:
-        if arg in ("-m", "--multirun"):
-            multirun = True
-        elif arg in ("-cd", "--config-dir"):
-            config_dir = next(args, None)
-            if config_dir is None:
-                raise UsageError(f"{arg} needs a directory")
-        elif arg.startswith("--config-dir="):
-            config_dir = arg.split("=", 1)[1]
-        elif arg.startswith("-"):
-            raise UsageError(f"unsupported option {arg}; see `rnnlm train --help`")
-        else:
-            overrides.append(arg)
-    return overrides, multirun, config_dir
-
-
-def expand_jobs(overrides: list[str], multirun: bool, search: list[str]) -> list[list[str]]:
-    """The override list of every job, as Hydra's basic sweeper will launch them:
-    ``hydra.sweeper.params`` from the config (e.g. ``sweep=...``) first, the command
-    line after them (a key given twice keeps its last value)."""
-    if not multirun:
-        return [overrides]
-    parser = OverridesParser.create()
-    parsed = parser.parse_overrides(overrides)
-    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-    cfg = compose("config", overrides=[*search, *fixed], return_hydra_config=True)
-    params = [f"{key}={value}" for key, value in (cfg.hydra.sweeper.params or {}).items()]
-    merged = parser.parse_overrides([*params, *overrides])
-    return [job for batch in BasicSweeper.split_arguments(merged, None) for job in batch]
-
-
-def preflight(argv: list[str]) -> None:
-    """Validate every job of ``rnnlm train ARGV`` before anything is written."""
-    overrides, multirun, config_dir = parse_args(argv)
-    search = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir else []
-    if config_dir and not Path(config_dir).is_dir():
-        raise UsageError(f"--config-dir {config_dir} is not a directory")
-    corpora: dict[tuple[Any, ...], Corpus] = {}
-    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-        for job in expand_jobs(overrides, multirun, search):
-            cfg = compose("config", overrides=[*search, *job], return_hydra_config=True)
-            with open_dict(cfg):
-                hydra_cfg = cfg.pop("hydra")
-            run_cfg = to_run_config(cfg)
-            resolve_device(run_cfg.device)
-            ds = run_cfg.dataset
-            key = (ds.name, ds.path, ds.cache_dir)
-            if key not in corpora:
-                corpora[key] = load_corpus(ds.name.value, path=ds.path, cache_dir=ds.cache_dir)
-            check_batch_sizes(run_cfg, corpora[key])
-            check_fresh_directory(hydra_cfg, multirun)
-
-
-def check_fresh_directory(hydra_cfg: DictConfig, multirun: bool) -> None:
-    """A new run never reuses a directory that holds a run."""
-    if multirun:
-        sweep = Path(hydra_cfg.sweep.dir)
-        taken = sorted(p.parent for p in sweep.glob("**/result.csv")) if sweep.is_dir() else []
-        if taken:
-            raise UsageError(
-                f"hydra.sweep.dir={sweep} already holds runs (e.g. {taken[0]}); choose a new "
-                f"hydra.sweep.dir so they are not overwritten"
-            )
-    else:
-        run_dir = Path(hydra_cfg.run.dir)
-        if holds_run(run_dir):
-            raise UsageError(
-                f"hydra.run.dir={run_dir} already holds a run; choose a new hydra.run.dir, or "
-                f"continue it with `rnnlm train resume={run_dir}`"
-            )
+__all__ = ["EXIT_USAGE", "Guard", "JobRefused", "hydra_train", "to_run_config", "train_command", "validate"]
