@@ -2,9 +2,11 @@
 
 import itertools
 import statistics
+from pathlib import Path
 
 import pytest
 from helpers import config_options, read_rows, run_rnnlm
+from omegaconf import OmegaConf
 
 from rnnlm.cli import main as rnnlm_main
 
@@ -135,3 +137,47 @@ def test_slurm_launcher_composes(capsys):
     out = capsys.readouterr().out
     assert "SlurmLauncher" in out and "partition: gpu" in out
     assert "array_parallelism: 8" in out and "gpus_per_node: 1" in out
+
+
+def test_a_bad_job_fails_alone_and_leaves_nothing(tmp_path):
+    """Each job checks its own config before its first write: job 1 is refused with one line and
+    leaves no directory; job 0 runs to the end."""
+    proc = run_rnnlm("train", "-m", *QUICK, "dropout.output=0.1,1.5", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "dropout.output=1.5 is outside [0, 1)" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.count("rnnlm: error: ") == 1 and "rnnlm: error: job 1 " in proc.stderr
+    assert [r["status"] for r in job_results(tmp_path / "sweep")] == ["completed"]
+    assert not (tmp_path / "sweep" / "1").exists()
+
+
+def test_the_cli_uses_only_hydras_public_surface():
+    import rnnlm
+
+    package = Path(rnnlm.__file__).parent
+    private = [str(p.relative_to(package)) for p in package.rglob("*.py") if "hydra._internal" in p.read_text()]
+    assert private == []
+
+
+@pytest.mark.slow
+def test_optuna_searches_dropout_rates_and_summary_reads_the_trials(tmp_path):
+    """Another sweeper through the same task function: three Optuna trials of sweep=optuna_dropout,
+    minimising the best validation perplexity that each job returns."""
+    proc = run_rnnlm("train", "-m", *QUICK, "trainer.max_batches=3", "sweep=optuna_dropout",
+                     "hydra.sweeper.n_trials=3", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = tmp_path / "sweep"
+    results = job_results(sweep)
+    assert len(results) == 3 and {r["status"] for r in results} == {"completed"}
+    assert len({r["dropout.output"] for r in results}) == 3  # three different points of the search space
+    best = OmegaConf.load(sweep / "optimization_results.yaml")
+    winner = min(results, key=lambda r: float(r["best_val_ppl"]))
+    assert best.best_value == pytest.approx(float(winner["best_val_ppl"]))
+    for key, value in best.best_params.items():
+        assert float(winner[key]) == pytest.approx(value)
+
+    proc = run_rnnlm("summary", str(sweep), "--format", "csv", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = read_rows(sweep / "summary.csv")
+    assert len(rows) == 3 and {row["n"] for row in rows} == {"1"}
+    assert sorted(float(row["val_ppl_mean"]) for row in rows) == pytest.approx(
+        sorted(float(r["best_val_ppl"]) for r in results))
