@@ -25,13 +25,14 @@ from typing import Any, Sequence
 import torch
 
 from . import __version__
+from .atomic import WriteError
 from .config import ConfigError, RunConfig, TestWeights, settings
 from .data import Corpus, batchify, load_dataset
 from .model import AWDLSTM, count_parameters
 from .results import METRICS_COLUMNS, RESULT_COLUMNS, SETTING_COLUMNS, write_csv
 from .training import Diverged, Trainer, evaluate, evaluate_mc, load_checkpoint, perplexity, save_checkpoint
 from .training.optim import averaged_weights
-from .training.signals import stop_on_signals
+from .training.signals import Interrupted, StopSignals, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,20 @@ def train(
     """Train, validate and test one model; returns the result row (also in result.csv).
 
     With ``resume=True`` the run continues from ``run_dir/checkpoints/last.pt``.
+
+    SIGINT/SIGTERM/SIGUSR2 at any moment end the run resumable, ``status=interrupted``, and
+    ``stop_reason`` says what is left: ``interrupted_train`` (or ``_finetune``) to continue
+    training, ``interrupted_test`` for the final test alone. A failed write (no space, I/O
+    error) leaves the previous file intact, records ``status=failed`` where it still can and
+    raises :class:`~rnnlm.atomic.WriteError`; the run resumes from its last good checkpoint.
     """
+    with stop_on_signals() as stop:
+        return _train(cfg, run_dir, overrides, resume, stop)
+
+
+def _train(
+    cfg: RunConfig, run_dir: Path, overrides: Sequence[str], resume: bool, stop: StopSignals
+) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -163,30 +177,40 @@ def train(
     files.write_result(**progress_fields(trainer))
 
     wall_start = time.monotonic() - trainer.state.total_seconds
-    with stop_on_signals() as stop_requested:
-        trainer.should_stop = stop_requested
-        try:
-            trainer.fit()
-        except Diverged as exc:
-            log.error("run diverged: %s", exc)
-            files.write_result(
-                status="diverged", stop_reason="diverged", wall_seconds=time.monotonic() - wall_start,
-                **progress_fields(trainer, with_ppl=False),
-            )
-            return files.result
-        except Exception:
+    trainer.should_stop = stop
+    final: dict[str, Any] | None = None
+    try:
+        trainer.fit()
+        # Interrupted: the state mid-epoch. Finished: the state with the stop reason, so that a
+        # resume after a signal in the last validation or in the test goes straight to the test.
+        checkpoint(trainer)
+        if not trainer.interrupted:
+            with stop.abortable():  # abandoned at once by a signal: nothing to save
+                final = final_test(trainer, cfg, files, valid_data, test_data, device)
+    except Interrupted:
+        pass
+    except Diverged as exc:
+        log.error("run diverged: %s", exc)
+        files.write_result(
+            status="diverged", stop_reason="diverged", wall_seconds=time.monotonic() - wall_start,
+            **progress_fields(trainer, with_ppl=False),
+        )
+        return files.result
+    except Exception as exc:
+        with contextlib.suppress(OSError):  # the failure may be the disk itself
             files.write_result(status="failed", wall_seconds=time.monotonic() - wall_start)
-            raise
-        if trainer.interrupted:
-            checkpoint(trainer)
-            files.write_result(
-                status="interrupted", stop_reason="interrupted",
-                wall_seconds=time.monotonic() - wall_start, **progress_fields(trainer),
-            )
-            log.warning("interrupted: resume with `rnnlm train resume=%s`", files.dir)
-            return files.result
+        if isinstance(exc, WriteError):
+            log.error("%s; the previous file is intact: resume with `rnnlm train resume=%s`", exc, files.dir)
+        raise
+    if final is None:  # stopped by a signal
+        stage = trainer.state.stage if trainer.interrupted else "test"
+        files.write_result(
+            status="interrupted", stop_reason=f"interrupted_{stage}",
+            wall_seconds=time.monotonic() - wall_start, **progress_fields(trainer),
+        )
+        log.warning("%s during %s: resume with `rnnlm train resume=%s`", stop.name or "stopped", stage, files.dir)
+        return files.result
 
-    final = final_test(trainer, cfg, files, valid_data, test_data, device)
     files.write_result(
         status="completed", stop_reason=trainer.state.stop_reason,
         wall_seconds=time.monotonic() - wall_start, **progress_fields(trainer), **final,

@@ -16,8 +16,10 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ..config import ConfigError, RunConfig
 from ..data import DataError
+from ..atomic import WriteError
 from ..results import read_csv
 from ..run import LAST, train
+from ..rundir import ClaimError, claim_stopped
 from ..training import CheckpointError
 from .errors import EXIT_INTERRUPTED, fail
 
@@ -64,11 +66,18 @@ def resume_command(argv: list[str]) -> int:
     except (ConfigError, OmegaConfBaseException) as exc:
         return fail(f"resume={run_dir}: {str(exc).strip().splitlines()[0]}")
     saved_overrides = OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
-    setup_logging(run_dir)
     try:
-        result = train(cfg, run_dir, overrides=[*saved_overrides, *changes], resume=True)
-    except (ConfigError, DataError, CheckpointError) as exc:
-        return fail(str(exc))
+        claim = claim_stopped(run_dir)  # refused while the run is still going
+    except ClaimError as exc:
+        return fail(f"resume={run_dir}: {exc}")
+    with claim:
+        setup_logging(run_dir)
+        try:
+            result = train(cfg, run_dir, overrides=[*saved_overrides, *changes], resume=True)
+        except (ConfigError, DataError, CheckpointError) as exc:
+            return fail(str(exc))
+        except WriteError as exc:
+            return fail(f"{exc}; the previous file is intact: resume again with `rnnlm train resume={run_dir}`", 1)
     if result["status"] == "interrupted":
         return EXIT_INTERRUPTED
     return 1 if result["status"] == "diverged" else 0

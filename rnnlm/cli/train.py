@@ -40,7 +40,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
-from ..atomic import atomic_write_text
+from ..atomic import WriteError, atomic_write_text
 from ..config import ConfigError, RunConfig, settings
 from ..data import DataError, load_dataset
 from ..run import LAST, check_batch_sizes, holds_run, resolve_device, train
@@ -62,6 +62,10 @@ RESUME_AUTO = "RNNLM_RESUME"  # set to "auto" (hydra.job.env_set) by `rnnlm trai
 
 class JobRefused(Exception):
     """A job of a sweep whose config or directory was refused before it wrote anything."""
+
+
+class JobFailed(Exception):
+    """A run that stopped on a failed write; it can be resumed."""
 
 
 def to_run_config(cfg: DictConfig) -> RunConfig:
@@ -175,7 +179,13 @@ def hydra_train(dcfg: DictConfig) -> float:
         if not resume:
             save_hydra_files(run_dir / HYDRA_DIR, dcfg, overrides)
         with log_file(run_dir / f"{hc.job.name}.log"):
-            result = train(cfg, run_dir, overrides=overrides, resume=resume)
+            try:
+                result = train(cfg, run_dir, overrides=overrides, resume=resume)
+            except WriteError as exc:  # recorded as status=failed where the disk still allowed it
+                message = f"{exc}; the previous file is intact: continue with `rnnlm train resume={run_dir}`"
+                if single_run:
+                    raise SystemExit(fail(message, 1)) from None
+                raise JobFailed(f"job {hc.job.num}: {message}") from None
     if result["status"] == "interrupted":
         raise SystemExit(EXIT_INTERRUPTED)  # also ends a sweep: the user or scheduler asked to stop
     if result["status"] == "diverged" and single_run:
@@ -286,6 +296,8 @@ def train_command(argv: list[str]) -> int:
         return fail(describe(exc))
     except (ConfigError, DataError, JobRefused) as exc:
         return fail(str(exc))
+    except JobFailed as exc:
+        return fail(str(exc), 1)
     except SystemExit as exc:  # from Hydra (--help, argparse) or from a job, with its message printed
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else fail(str(exc.code), 1))
     finally:

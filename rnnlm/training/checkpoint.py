@@ -22,7 +22,13 @@ FORMAT = "rnnlm-checkpoint-1"
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    atomic_write(path, lambda tmp: torch.save({"format": FORMAT, **payload}, tmp))
+    def write(tmp: str) -> None:
+        # Through a file object, so the archive's inner name is fixed (not the temporary file's
+        # random name): equal payloads give byte-identical checkpoints.
+        with open(tmp, "wb") as f:
+            torch.save({"format": FORMAT, **payload}, f)
+
+    atomic_write(path, write)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -1,0 +1,200 @@
+"""Never lose a run: one directory per run, signals at any moment, resume=auto, failed writes.
+
+Runs go through the console script's entry point (in this process, so that a test can
+patch a function to send SIGTERM at an exact moment) or through the console script itself
+where separate processes matter.
+"""
+
+import errno
+import importlib
+import itertools
+import os
+import signal
+
+import pytest
+import torch
+from helpers import read_rows, start_rnnlm
+from omegaconf import OmegaConf
+
+from rnnlm.cli import main as rnnlm_main
+from rnnlm.rundir import CLAIM, claim_stopped
+from rnnlm.training import load_checkpoint
+
+# Three short epochs of the smoke model on the tiny corpus (5 segments of 4 x 10 tokens each).
+RUN = ("experiment=smoke", "dataset.batch_size=4", "dataset.eval_batch_size=2", "dataset.test_batch_size=2",
+       "trainer.bptt=10", "trainer.max_batches=5", "trainer.max_epochs=3", "trainer.progress=false", "threads=1")
+TIMING = {"epoch_seconds", "tokens_per_second", "wall_seconds", "run_dir"}
+
+
+def numbers(run_dir):
+    """What a run computed: its metrics and result rows without timings and its directory."""
+    strip = lambda row: {k: v for k, v in row.items() if k not in TIMING}  # noqa: E731
+    return [strip(r) for r in read_rows(run_dir / "metrics.csv")], strip(read_rows(run_dir / "result.csv")[0])
+
+
+def same_payload(a, b) -> bool:
+    """Equal checkpoint contents, tensors compared exactly, timings ignored."""
+    if isinstance(a, dict):
+        keys = set(a) - TIMING - {"train_seconds", "total_seconds"}
+        return keys == set(b) - TIMING - {"train_seconds", "total_seconds"} and all(same_payload(a[k], b[k]) for k in keys)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same_payload(x, y) for x, y in zip(a, b))
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    return a == b
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    assert rnnlm_main(["train", *RUN, f"hydra.run.dir={run_dir}"]) == 0
+    return run_dir
+
+
+def sigterm_on_call(monkeypatch, target: str, nth: int) -> None:
+    """Make the ``nth`` call of the function ``target`` (module.name) first send this process SIGTERM."""
+    module_name, name = target.rsplit(".", 1)
+    module = importlib.import_module(module_name)
+    real, calls = getattr(module, name), itertools.count(1)
+
+    def wrapper(*args, **kwargs):
+        if next(calls) == nth:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapper)
+
+
+# ------------------------------------------------------------------ one run, one directory
+@pytest.mark.slow
+def test_runs_launched_together_never_share_a_directory(tmp_path):
+    """Five launches at once: three with default directories (all complete, each in its own),
+    two given one explicit directory (exactly one proceeds, and its files are what the same
+    run writes alone)."""
+    quick = (*RUN, "trainer.max_epochs=1")
+    shared = tmp_path / "shared"
+    procs = [start_rnnlm("train", *quick, f"seed={seed}", cwd=tmp_path) for seed in (1, 2, 3)]
+    procs += [start_rnnlm("train", *quick, f"seed={seed}", f"hydra.run.dir={shared}", cwd=tmp_path) for seed in (1, 2)]
+    outcomes = [(proc.communicate(timeout=300)[1], proc.returncode)[::-1] for proc in procs]
+
+    assert [code for code, _ in outcomes[:3]] == [0, 0, 0], [err[-1000:] for _, err in outcomes[:3]]
+    runs = sorted((tmp_path / "outputs" / "runs").iterdir())
+    assert len(runs) == 3
+    for run_dir in runs:
+        saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+        (row,) = read_rows(run_dir / "result.csv")
+        assert row["status"] == "completed" and row["seed"] == str(saved.seed)
+    assert sorted(read_rows(r / "result.csv")[0]["seed"] for r in runs) == ["1", "2", "3"]
+
+    assert sorted(code for code, _ in outcomes[3:]) == [0, 2], [err[-1000:] for _, err in outcomes[3:]]
+    (loser,) = [err for code, err in outcomes[3:] if code == 2]
+    assert loser.count("\n") == 1 and loser.startswith("rnnlm: error: ") and str(shared) in loser
+    winner = read_rows(shared / "result.csv")[0]["seed"]
+    (solo,) = [r for r in runs if read_rows(r / "result.csv")[0]["seed"] == winner]
+    files = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())  # noqa: E731
+    assert files(shared) == files(solo)
+    for name in (".hydra/config.yaml", ".hydra/overrides.yaml", "checkpoints/best.pt"):
+        assert (shared / name).read_bytes() == (solo / name).read_bytes(), name
+    last = [load_checkpoint(d / "checkpoints" / "last.pt") for d in (shared, solo)]
+    assert same_payload(*last)  # all but the timings it records
+    assert numbers(shared) == numbers(solo)
+    assert (shared / "rnnlm_train.log").read_text().count("params, vocab") == 1  # the loser wrote no log there
+
+
+# ------------------------------------------------------------------ a signal at any moment
+STOPS = {  # where SIGTERM arrives -> what is left to do
+    "validation": ("rnnlm.training.trainer.evaluate", 2, "interrupted_train"),  # epoch 2's validation
+    "checkpoint": ("rnnlm.run.save_checkpoint", 2, "interrupted_train"),  # epoch 1's last.pt
+    "test": ("rnnlm.run.evaluate", 1, "interrupted_test"),  # the final test
+}
+
+
+@pytest.mark.parametrize("moment", list(STOPS))
+def test_sigterm_at_any_moment_then_resume_gives_the_same_numbers(moment, reference, tmp_path, monkeypatch):
+    target, nth, stop_reason = STOPS[moment]
+    run_dir = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        sigterm_on_call(patch, target, nth)
+        assert rnnlm_main(["train", *RUN, f"hydra.run.dir={run_dir}"]) == 130
+    (row,) = read_rows(run_dir / "result.csv")
+    assert row["status"] == "interrupted" and row["stop_reason"] == stop_reason
+    if moment == "test":  # training is done and saved: the resume only tests
+        assert len(read_rows(run_dir / "metrics.csv")) == 3 and row["test_ppl"] == ""
+        assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["trainer"]["finished"]
+    assert rnnlm_main(["train", f"resume={run_dir}"]) == 0
+    assert numbers(run_dir)[0] == numbers(reference)[0]
+    (row,) = read_rows(run_dir / "result.csv")
+    assert row["status"] == "completed" and row["test_ppl"] == read_rows(reference / "result.csv")[0]["test_ppl"]
+
+
+# ------------------------------------------------------------------------- resume=auto
+def test_resume_auto_starts_afresh_in_an_empty_directory(reference, tmp_path):
+    run_dir = tmp_path / "empty"
+    run_dir.mkdir()
+    assert rnnlm_main(["train", *RUN, f"hydra.run.dir={run_dir}", "resume=auto"]) == 0
+    assert numbers(run_dir)[0] == numbers(reference)[0]
+
+
+def test_resume_auto_continues_the_interrupted_run_with_the_same_config(reference, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    command = ["train", *RUN, f"hydra.run.dir={run_dir}", "resume=auto"]
+    with monkeypatch.context() as patch:
+        sigterm_on_call(patch, "rnnlm.training.trainer.evaluate", 2)
+        assert rnnlm_main(command) == 130
+    hydra_files = {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir()}
+    assert rnnlm_main(command) == 0  # the same command again, as a requeued job runs it
+    assert numbers(run_dir)[0] == numbers(reference)[0]
+    assert read_rows(run_dir / "result.csv")[0]["status"] == "completed"
+    assert {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir()} == hydra_files
+
+
+def test_resume_auto_refuses_a_completed_a_different_or_a_running_run(reference, tmp_path, monkeypatch, capsys):
+    def refused(*overrides: str) -> str:
+        assert rnnlm_main(["train", *RUN, *overrides, "resume=auto"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("rnnlm: error: ") and err.count("\n") == 1
+        return err
+
+    assert "holds a completed run" in refused(f"hydra.run.dir={reference}")
+    run_dir = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        sigterm_on_call(patch, "rnnlm.training.trainer.evaluate", 2)
+        assert rnnlm_main(["train", *RUN, f"hydra.run.dir={run_dir}"]) == 130
+    capsys.readouterr()
+    assert "different config (seed=141, not 2)" in refused(f"hydra.run.dir={run_dir}", "seed=2")
+    with claim_stopped(run_dir):  # as a live run holds it
+        assert "in use by a running process" in refused(f"hydra.run.dir={run_dir}")
+    assert read_rows(run_dir / "result.csv")[0]["status"] == "interrupted"  # untouched
+
+
+# ----------------------------------------------------------------------- failed writes
+def test_a_full_disk_keeps_the_last_good_files_and_the_run_resumes(reference, tmp_path, monkeypatch, capsys):
+    run_dir = tmp_path / "run"
+    import rnnlm.training.checkpoint as checkpoint
+
+    real_save, calls = checkpoint.torch.save, itertools.count(1)
+
+    def save(obj, path, *args, **kwargs):
+        if next(calls) == 4:  # epoch 2's last.pt (after best.pt, last.pt, best.pt)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, path, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint.torch, "save", save)
+        assert rnnlm_main(["train", *RUN, f"hydra.run.dir={run_dir}"]) == 1
+    err = capsys.readouterr().err
+    last = run_dir / "checkpoints" / "last.pt"
+    assert err.count("\n") == 1 and f"cannot write {last}: No space left on device" in err
+    assert f"resume={run_dir}" in err
+    assert read_rows(run_dir / "result.csv")[0]["status"] == "failed"
+    assert load_checkpoint(last)["trainer"]["epoch"] == 2  # the last good one: after epoch 1
+    assert len(read_rows(run_dir / "metrics.csv")) == 1
+    assert not list(run_dir.rglob("*.tmp"))
+    assert rnnlm_main(["train", f"resume={run_dir}"]) == 0
+    assert numbers(run_dir)[0] == numbers(reference)[0]
+
+
+def test_the_claim_is_held_only_while_the_run_lives(reference):
+    assert (reference / CLAIM).is_file()
+    with claim_stopped(reference):  # nobody holds it now
+        pass
