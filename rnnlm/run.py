@@ -80,7 +80,7 @@ class RunFiles:
         flat = settings(cfg)
         self.result: dict[str, Any] = {key: flat[key] for key in SETTING_COLUMNS}
         self.result.update(
-            dataset=cfg.dataset.name, seed=cfg.seed, status="running",
+            seed=cfg.seed, status="running",
             eval_batch_size=cfg.dataset.eval_batch_size, test_batch_size=cfg.dataset.test_batch_size,
             device=str(device), torch_version=torch.__version__, rnnlm_version=__version__,
             git_revision=git_revision(), overrides=" ".join(overrides), run_dir=str(self.dir),

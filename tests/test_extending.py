@@ -31,7 +31,7 @@ def test_a_new_dataset_is_one_yaml_in_a_user_config_dir(tmp_path):
                      f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     (row,) = read_rows(run_dir / "result.csv")
-    assert row["dataset"] == "tinytext" and row["status"] == "completed"
+    assert row["dataset.name"] == "tinytext" and row["status"] == "completed"
     assert int(row["eval_batch_size"]) == 2
     assert "tinytext" in (run_dir / ".hydra" / "config.yaml").read_text()
 
@@ -54,4 +54,4 @@ def test_a_new_dataset_found_under_rnnlm_data_dir_by_its_dirname(tmp_path):
         os.environ["RNNLM_DATA_DIR"] = env_dir
     assert done.returncode == 0, done.stderr
     (row,) = read_rows(run_dir / "result.csv")
-    assert row["dataset"] == "tiny_text"
+    assert row["dataset.name"] == "tiny_text"

@@ -58,7 +58,7 @@ def make_run(
     settings = {key: getattr(OmegaConf.select(cfg, key), "value", OmegaConf.select(cfg, key))
                 for key in SETTING_COLUMNS}
     write_csv(run_dir / "result.csv", [{
-        **settings, "dataset": dataset, "seed": seed, "status": status, "stop_reason": "max_epochs",
+        **settings, "seed": seed, "status": status, "stop_reason": "max_epochs",
         "vocab_size": 10000, "train_tokens": 929589, "valid_tokens": 73760, "test_tokens": 82430,
         "n_params": 24_000_000, "epochs_run": epochs, "asgd_epoch": 2, "best_epoch": epochs,
         "best_val_loss": None if val is None else math.log(val), "best_val_ppl": val,

@@ -48,7 +48,6 @@ SETTING_COLUMNS = (
 )
 
 RESULT_COLUMNS = (
-    "dataset",
     "seed",
     "status",  # running | completed | diverged | interrupted | failed
     "stop_reason",  # max_epochs | max_minutes | finetune_converged | diverged | interrupted
