@@ -128,8 +128,20 @@ def test_runs_are_loaded_with_flattened_config_and_result_columns(sweep):
     first = runs.frame.iloc[0]
     assert first["run_dir"] == str(sweep / "0") and first["status"] == "completed"
     assert first["test_tokens"] == 82430 and first["device"] == "auto" and first["result.device"] == "cuda:0"
-    assert "result.seed" not in runs.frame.columns  # equal in config and result: kept once
+    assert "result.seed" not in runs.frame.columns  # a setting: read from the config only
     assert first["result.run_dir"] != first["run_dir"]  # the copied sweep was written elsewhere
+
+
+def test_settings_come_from_the_config_alone(tmp_path):
+    """result.csv repeats the settings; the summary reads them from .hydra/config.yaml only,
+    and ignores the ``dataset`` column that result.csv files written before 0.2 carry."""
+    from rnnlm.summary.runs import load_runs
+
+    run = make_run(tmp_path / "0", rate=0.2)
+    result = pd.read_csv(run / "result.csv").assign(**{RATE: 0.9, "dataset": "ptb"})
+    result.to_csv(run / "result.csv", index=False)
+    frame = load_runs([tmp_path]).frame
+    assert frame[RATE].tolist() == [0.2] and "dataset" not in frame and f"result.{RATE}" not in frame
 
 
 def test_group_means_and_stds_match_hand_computed_values(sweep, capsys):
@@ -301,3 +313,32 @@ def test_missing_or_empty_dir_is_one_line_exit_2(tmp_path, capsys):
     assert err == [f"rnnlm summary: error: {tmp_path / 'nope'}: no such directory"]
     assert main([str(tmp_path)]) == 2
     assert "no runs found" in capsys.readouterr().err
+
+
+def write_eval_rows(run_dir: Path, rows: list[tuple[str, str, float, float]]) -> None:
+    """eval.csv rows of the pointer method: (split, checkpoint, pointer.theta, ppl)."""
+    header = "method,split,checkpoint,pointer.window,pointer.theta,pointer.lambda,pointer.start,ppl\n"
+    lines = [f"pointer,{split},{ckpt},100,{theta},0.1,full,{ppl}\n" for split, ckpt, theta, ppl in rows]
+    (run_dir / "eval.csv").write_text(header + "".join(lines))
+
+
+def test_eval_metric_reads_eval_csv_at_the_tested_setting(tmp_path, capsys):
+    # valid rows of a tuning grid, then valid and test at the chosen setting (theta 0.5), then a
+    # later valid row of another setting, which must not be paired with the test row
+    for i, (rate, chosen_val, test) in enumerate([(0.2, 50.0, 49.0), (0.2, 52.0, 51.0), (0.4, 48.0, 47.5)]):
+        run = make_run(tmp_path / str(i), seed=i, rate=rate, val=60.0 + i, test=59.0)
+        write_eval_rows(run, [("valid", "best", 1.0, 99.0), ("valid", "best", 0.5, chosen_val),
+                              ("test", "best", 0.5, test), ("valid", "best", 2.0, 10.0)])
+    make_run(tmp_path / "3", seed=4, rate=0.4)  # no eval.csv: left out
+    assert main([str(tmp_path), "--metric", "pointer_ppl", "--format", "csv"]) == 0
+    captured = capsys.readouterr()
+    printed = read_csv_block(captured.out)
+    assert list(printed.columns[:6]) == [RATE, "n", "pointer_val_ppl_mean", "pointer_val_ppl_std",
+                                         "pointer_test_ppl_mean", "pointer_test_ppl_std"]
+    assert printed["pointer_val_ppl_mean"].tolist() == [pytest.approx(51.0), pytest.approx(48.0)]
+    assert printed["pointer_test_ppl_mean"].tolist() == [pytest.approx(50.0), pytest.approx(47.5)]
+    assert "val_ppl_mean" in printed.columns  # the training perplexities sit beside it
+    assert "(no pointer_val_ppl)" in captured.err
+    assert pd.read_csv(tmp_path / "best.csv")[RATE].tolist() == [pytest.approx(0.4)]
+    assert main([str(tmp_path), "--metric", "dynamic_ppl"]) == 1  # no dynamic rows
+    assert "no completed runs with dynamic_val_ppl" in capsys.readouterr().err

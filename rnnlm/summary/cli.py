@@ -16,16 +16,13 @@ import pandas as pd
 
 from ..atomic import atomic_write_text
 from . import eval_metrics, tables
-from .runs import RunsError, check_keys, filter_runs, load_runs, parse_filters
+from .runs import RunsError, check_keys, filter_runs, load_runs
 from .tables import Metric
 
 PROG = "rnnlm summary"
 GROUPING_HELP = textwrap.fill(
-    "grouping: by default, the config keys that differ between runs, except "
-    f"{', '.join(tables.BOOKKEEPING_KEYS)}. Numeric keys are rates; the others define a variant "
-    "(best by validation is per variant).",
-    width=74,
-)
+    f"grouping: by default, the config keys that differ between runs, except {', '.join(tables.BOOKKEEPING_KEYS)}. "
+    "Numeric keys are rates; the others define a variant (best by validation is per variant).", width=74)
 EPILOG = f"""\
 metrics: a metric names a validation/test pair; the group with the lowest
 MEAN validation value is "best" and its test value is reported, never
@@ -55,12 +52,8 @@ into the first DIR."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dirs", nargs="+", metavar="DIR", help="directories searched recursively for runs")
     parser.add_argument("--format", choices=tables.FORMATS, default="markdown",
                         help="stdout format (default: markdown)")
@@ -75,15 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _tables_text(summary: pd.DataFrame, best: pd.DataFrame, metrics: list[Metric], fmt: str) -> str:
-    metric = metrics[0]
-    caption = (f"best by validation: lowest mean {metric.val_stem} per variant "
-               f"({metric.test_stem} reported at that setting)")
+def _tables(summary: pd.DataFrame, best: pd.DataFrame, metrics: list[Metric], fmt: str) -> str:
+    caption = (f"best by validation: lowest mean {metrics[0].val_stem} per variant "
+               f"({metrics[0].test} reported at that setting)")
     return (tables.format_table(summary, metrics, fmt) + "\n" + tables.heading(caption, fmt) + "\n"
             + tables.format_table(best, metrics, fmt))
 
 
-def _report_left_out(left: pd.DataFrame, total: int) -> str:
+def _left_out(left: pd.DataFrame, total: int) -> str:
     """Lines for stderr naming every run left out of the statistics."""
     if left.empty:
         return ""
@@ -95,62 +87,37 @@ def _report_left_out(left: pd.DataFrame, total: int) -> str:
 
 def _markdown_file(text: str, left: pd.DataFrame, args: argparse.Namespace, metric: Metric) -> str:
     """summary.md: what was summarised, the tables, and the runs left out."""
-    scope = [f"Runs below: {', '.join(args.dirs)}.", f"Metric: {metric.name} (selected on {metric.val}, "
-             f"reported {metric.test})."]
-    if args.filter:
-        scope.append(f"Filters: {', '.join(args.filter)}.")
-    if args.group_by:
-        scope.append(f"Grouped by: {', '.join(args.group_by)}.")
+    scope = [f"Runs below: {', '.join(args.dirs)}.",
+             f"Metric: {metric.name} (selected on {metric.val}, reported {metric.test})."]
+    scope += [f"Filters: {', '.join(args.filter)}."] if args.filter else []
+    scope += [f"Grouped by: {', '.join(args.group_by)}."] if args.group_by else []
     parts = ["# rnnlm summary\n\n" + " ".join(scope) + "\n", text]
-    if not left.empty:
-        parts.append("### runs not summarised\n\n" + left.to_markdown(index=False) + "\n")
+    parts += ["### runs not summarised\n\n" + left.to_markdown(index=False) + "\n"] if not left.empty else []
     return "\n".join(parts)
 
 
-def _plot(
-    summary: pd.DataFrame, best: pd.DataFrame, used_runs: pd.DataFrame, variant_keys: list[str],
-    rate_keys: list[str], metric: Metric, out_dir: Path,
-) -> list[Path]:
+def _plot(summary: pd.DataFrame, best: pd.DataFrame, runs: pd.DataFrame, variant_keys: list[str],
+          rate_keys: list[str], metric: Metric, out_dir: Path) -> list[Path]:
     """Write the figures; plotting imports matplotlib, so only load it when asked."""
     from . import plots
 
-    names = used_runs.get(plots.DATASET_KEY, pd.Series(dtype=str)).astype(str).unique()
-    dataset = ", ".join(sorted(names))
+    dataset = ", ".join(sorted(runs.get(plots.DATASET_KEY, pd.Series(dtype=str)).astype(str).unique()))
     written = []
     if rate_keys:
         written.append(plots.plot_rate(summary, best, variant_keys, rate_keys, metric,
                                        out_dir / f"{metric.name}_vs_rate.png", dataset))
     else:
         print(f"{PROG}: no numeric grouping key, so no {metric.name}_vs_rate.png", file=sys.stderr)
-    curves = plots.plot_curves(used_runs, best, variant_keys, rate_keys, metric, out_dir / "learning_curves.png",
-                               dataset)
+    curves = plots.plot_curves(runs, best, variant_keys, rate_keys, metric, out_dir / "learning_curves.png", dataset)
     if curves is None:
         print(f"{PROG}: no metrics.csv with {metric.curve}, so no learning_curves.png", file=sys.stderr)
-    else:
-        written.append(curves)
-    return written
-
-
-def _select(args: argparse.Namespace) -> tuple[pd.DataFrame, list[str]]:
-    """The runs below the DIRs that pass the filters, and the config keys.
-
-    Also checks the --group-by keys.
-    """
-    runs = load_runs(args.dirs)
-    frame = filter_runs(runs.frame, parse_filters(args.filter))
-    check_keys(frame, args.group_by or [], "--group-by")
-    return frame, runs.config_keys
-
-
-def _write(out_dir: Path, summary: pd.DataFrame, best: pd.DataFrame, markdown: str) -> list[Path]:
-    paths = [out_dir / "summary.csv", out_dir / "summary.md", out_dir / "best.csv"]
-    for path, text in zip(paths, (summary.to_csv(index=False), markdown, best.to_csv(index=False))):
-        atomic_write_text(path, text)
-    return paths
+    return written + ([curves] if curves else [])
 
 
 def _run(args: argparse.Namespace) -> int:
-    frame, config_keys = _select(args)
+    frame, config_keys = load_runs(args.dirs)
+    frame = filter_runs(frame, args.filter)
+    check_keys(frame, args.group_by or [], "--group-by")
     if frame.empty:
         print(f"{PROG}: no runs match {' '.join('--filter ' + f for f in args.filter)}", file=sys.stderr)
         return 1
@@ -160,21 +127,22 @@ def _run(args: argparse.Namespace) -> int:
     used = tables.usable(frame, metric)
     left = tables.not_summarised(frame, used, metric)
     if not used.any():
-        sys.stderr.write(_report_left_out(left, len(frame)))
+        sys.stderr.write(_left_out(left, len(frame)))
         print(f"{PROG}: no completed runs with {metric.val} below {', '.join(args.dirs)}", file=sys.stderr)
         return 1
-    keys = args.group_by or tables.grouping_keys(frame, config_keys)
-    variant_keys, rate_keys = tables.split_keys(frame, keys)
+    variant_keys, rate_keys = tables.split_keys(frame, args.group_by or tables.grouping_keys(frame, config_keys))
     metrics = tables.reported_metrics(frame[used], metric)
     summary = tables.summarise(frame, used, variant_keys + rate_keys, metrics)
     best = tables.best_by_validation(summary, variant_keys, metric)
-    sys.stdout.write(_tables_text(summary, best, metrics, args.format))
+    sys.stdout.write(_tables(summary, best, metrics, args.format))
     sys.stdout.flush()
-    sys.stderr.write(_report_left_out(left, len(frame)))
+    sys.stderr.write(_left_out(left, len(frame)))
 
     out_dir = Path(args.dirs[0])
-    markdown = _markdown_file(_tables_text(summary, best, metrics, "markdown"), left, args, metric)
-    written = _write(out_dir, summary, best, markdown)
+    written = [out_dir / name for name in ("summary.csv", "summary.md", "best.csv")]
+    markdown = _markdown_file(_tables(summary, best, metrics, "markdown"), left, args, metric)
+    for path, text in zip(written, (summary.to_csv(index=False), markdown, best.to_csv(index=False))):
+        atomic_write_text(path, text)
     if args.plot:
         written += _plot(summary, best, frame[used], variant_keys, rate_keys, metric, out_dir)
     print(f"{PROG}: wrote {', '.join(map(str, written))}", file=sys.stderr)
@@ -183,16 +151,12 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``rnnlm summary``; returns the exit status."""
-    parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = build_parser().parse_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0)
     try:
         return _run(args)
-    except RunsError as err:
+    except (RunsError, OSError) as err:  # OSError: e.g. the first DIR is read-only
         print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:  # e.g. the first DIR is read-only
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(err, RunsError) else 1

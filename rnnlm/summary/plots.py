@@ -8,7 +8,6 @@ its colour in every panel and figure.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,27 +18,23 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from ..atomic import atomic_write
-from .runs import load_metrics, same_value
-from .tables import Metric, runs_in
+from .tables import Metric, text
 
 DATASET_KEY = "dataset.name"
 PANEL_WIDTH, PANEL_HEIGHT, LEGEND_WIDTH, MIN_WIDTH = 5.0, 3.6, 3.6, 6.5  # inches
 
 
-def _short_names(keys: list[str]) -> dict[str, str]:
-    """Last dotted part of each key, or the full key where that is ambiguous."""
+def labels(table: pd.DataFrame, keys: list[str]) -> pd.Series:
+    """``kind=variational, rate=0.2`` per row: each key by its last dotted part where unambiguous."""
     last = [k.rsplit(".", 1)[-1] for k in keys]
-    return {k: s if last.count(s) == 1 else k for k, s in zip(keys, last)}
+    names = [s if last.count(s) == 1 else k for k, s in zip(keys, last)]
+    rows = zip(*(table[k] for k in keys)) if keys else [()] * len(table)
+    return pd.Series([", ".join(f"{n}={text(v)}" for n, v in zip(names, row)) or "all runs" for row in rows],
+                     index=table.index, dtype=object)
 
 
-def _label(row: pd.Series, keys: list[str]) -> str:
-    names = _short_names(keys)
-    parts = [f"{names[k]}={row[k]:g}" if isinstance(row[k], float) else f"{names[k]}={row[k]}" for k in keys]
-    return ", ".join(parts) or "all runs"
-
-
-def _colours(labels: list[str]) -> dict[str, Any]:
-    unique = sorted(set(labels))
+def _colours(lines: pd.Series) -> dict[str, tuple]:
+    unique = sorted(set(lines))
     palette = colormaps["tab10" if len(unique) <= 10 else "tab20"]
     return {label: palette(i % palette.N) for i, label in enumerate(unique)}
 
@@ -48,28 +43,18 @@ def _panels(table: pd.DataFrame, variant_keys: list[str], dataset: str) -> list[
     """(dataset, rows) per panel; one panel named ``dataset`` without a dataset key."""
     if DATASET_KEY not in variant_keys:
         return [(dataset, table)]
-    names = sorted(table[DATASET_KEY].astype(str).unique())
-    return [(name, table[table[DATASET_KEY].astype(str) == name]) for name in names]
+    return list(table.groupby(table[DATASET_KEY].astype(str), sort=True))
 
 
-def _figure(rows: int, cols: int) -> tuple[Figure, np.ndarray]:
-    size = (PANEL_WIDTH * cols + LEGEND_WIDTH, PANEL_HEIGHT * rows + 0.6)
-    fig = Figure(figsize=size, layout="constrained")
-    return fig, fig.subplots(rows, cols, squeeze=False, sharex=True)
-
-
-def _mark_empty(ax: Axes) -> None:
-    ax.text(0.5, 0.5, "no values", transform=ax.transAxes, ha="center", va="center", color="0.4")
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def _style_y(ax: Axes, log: bool, top_ratio: float | None = None) -> None:
-    """Grid; cap the y axis at ``top_ratio`` x the lowest value if given; log scale
-    with plain-number ticks if ``log`` and the shown range spans more than 1.5x."""
+def _finish(ax: Axes, log: bool, top_ratio: float | None = None) -> None:
+    """Grid, or "no values" on an empty panel; cap the y axis at ``top_ratio`` x the lowest
+    value if given; log scale with plain-number ticks if ``log`` and the range spans > 1.5x."""
     ax.grid(True, which="major", alpha=0.3)
     low, high = ax.dataLim.y0, ax.dataLim.y1
     if not (ax.has_data() and np.isfinite([low, high]).all()):
+        ax.text(0.5, 0.5, "no values", transform=ax.transAxes, ha="center", va="center", color="0.4")
+        ax.set_xticks([])
+        ax.set_yticks([])
         return
     if top_ratio and low > 0 and high > top_ratio * low:
         high = top_ratio * low
@@ -81,25 +66,9 @@ def _style_y(ax: Axes, log: bool, top_ratio: float | None = None) -> None:
         ax.yaxis.set_minor_formatter(NullFormatter())
 
 
-def _legend(fig: Figure, axes: np.ndarray, extra: list[Line2D]) -> None:
-    handles: dict[str, Any] = {}
-    for ax in axes.flat:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(label, handle)
-    for handle in extra:
-        handles[handle.get_label()] = handle
-    fig.legend(list(handles.values()), list(handles), loc="outside right center", fontsize="small", frameon=False)
-
-
 def _save(fig: Figure, path: Path) -> Path:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     return path
-
-
-def _is_best(rows: pd.DataFrame, best: pd.DataFrame, keys: list[str]) -> list[bool]:
-    return [
-        any(all(same_value(row[k], b[k]) for k in keys) for _, b in best.iterrows()) for _, row in rows.iterrows()
-    ]
 
 
 def plot_rate(
@@ -114,59 +83,57 @@ def plot_rate(
     """
     x_key = max(rate_keys, key=lambda k: summary[k].nunique())
     line_keys = [k for k in variant_keys if k != DATASET_KEY] + [k for k in rate_keys if k != x_key]
-    shown = summary[summary["n"] > 0].copy()
-    shown["line"] = [_label(row, line_keys) for _, row in shown.iterrows()]
-    shown["best"] = _is_best(shown, best, variant_keys + rate_keys)
-    colours = _colours(list(shown["line"]))
-    panels = _panels(shown, variant_keys, dataset)
-    fig, axes = _figure(2, len(panels))
-    for row, (split, stem) in enumerate((("validation", metric.val_stem), ("test", metric.test_stem))):
-        for col, (name, rows) in enumerate(panels):
-            ax = axes[row, col]
+    shown = summary[summary["n"] > 0]
+    shown = shown.assign(line=labels(shown, line_keys), best=labels(shown, variant_keys + rate_keys).isin(
+        labels(best, variant_keys + rate_keys))).sort_values(x_key)
+    colours, panels = _colours(shown["line"]), _panels(shown, variant_keys, dataset)
+    fig = Figure(figsize=(PANEL_WIDTH * len(panels) + LEGEND_WIDTH, PANEL_HEIGHT * 2 + 0.6), layout="constrained")
+    axes = fig.subplots(2, len(panels), squeeze=False, sharex=True)
+    for row, (split, (stem, _)) in enumerate(zip(("validation", "test"), metric.columns)):
+        for ax, (name, rows) in zip(axes[row], panels):
             for label, line in rows.groupby("line", sort=True):
-                _rate_line(ax, line.sort_values(x_key), x_key, stem, colours[label], label)
-            if not ax.has_data():
-                _mark_empty(ax)
-            _style_y(ax, log=metric.name != "loss")
-            ax.set_title(f"{name}: {split}" if name else split)
-            ax.set_xlabel(x_key if row == 1 else "")
-            ax.set_ylabel(f"{split} {metric.label}")
-    star = Line2D([], [], marker="*", markersize=12, markerfacecolor="none", color="0.2", linestyle="none",
-                  label="best by validation")
-    _legend(fig, axes, [star])
+                ax.errorbar(line[x_key], line[f"{stem}_mean"], yerr=line[f"{stem}_std"].fillna(0), marker="o",
+                            markersize=4, capsize=3, color=colours[label], label=label)
+                chosen = line[line["best"]]
+                ax.plot(chosen[x_key], chosen[f"{stem}_mean"], marker="*", markersize=14, markerfacecolor="none",
+                        color=colours[label], linestyle="none")
+            _finish(ax, log=metric.name != "loss")
+            ax.set(title=f"{name}: {split}" if name else split, xlabel=x_key if row else "",
+                   ylabel=f"{split} {metric.label}")
+    handles = {label: h for ax in axes.flat for h, label in zip(*ax.get_legend_handles_labels())}
+    handles["best by validation"] = Line2D([], [], marker="*", markersize=12, markerfacecolor="none", color="0.2",
+                                           linestyle="none")
+    fig.legend(handles.values(), handles, loc="outside right center", fontsize="small", frameon=False)
     fig.suptitle(f"{metric.label} vs {x_key}\nmean ± std over seeds")
     return _save(fig, path)
 
 
-def _rate_line(ax: Axes, line: pd.DataFrame, x_key: str, stem: str, colour: Any, label: str) -> None:
-    mean, std = line[f"{stem}_mean"], line[f"{stem}_std"].fillna(0)
-    ax.errorbar(line[x_key], mean, yerr=std, marker="o", markersize=4, capsize=3, color=colour, label=label)
-    chosen = line[line["best"]]
-    ax.plot(chosen[x_key], chosen[f"{stem}_mean"], marker="*", markersize=14, markerfacecolor="none",
-            color=colour, linestyle="none")
+def curve_stats(runs: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Per ``setting`` of ``runs`` and epoch: mean, std (ddof=1) and number of runs of
+    ``column`` in their metrics.csv, up to the setting's shortest run.
 
-
-def curve_stats(run_dirs: list[str], column: str) -> pd.DataFrame | None:
-    """Per-epoch mean and std (ddof=1) of ``column`` over runs, up to the shortest run.
-
-    Epochs are the metrics.csv rows in order (a repeated (stage, epoch), e.g.
-    after a resume, keeps its last row), so a finetune stage continues the axis.
+    Epochs are the metrics.csv rows in order (a repeated (stage, epoch), e.g. after a
+    resume, keeps its last row), so a finetune stage continues the axis.
     """
-    series = []
-    for run_dir in run_dirs:
-        metrics = load_metrics(Path(run_dir))
-        if metrics is None or column not in metrics:
+    curves = []
+    for run, (run_dir, setting) in enumerate(zip(runs["run_dir"], runs["setting"])):
+        try:
+            metrics = pd.read_csv(Path(run_dir) / "metrics.csv")
+        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
             continue
-        if {"stage", "epoch"} <= set(metrics.columns):
-            metrics = metrics.drop_duplicates(["stage", "epoch"], keep="last")
-        series.append(pd.to_numeric(metrics[column], errors="coerce").to_numpy())
-    length = min((len(s) for s in series), default=0)
-    if length == 0:
-        return None
-    values = np.stack([s[:length] for s in series])
-    std = values.std(axis=0, ddof=1) if len(series) > 1 else np.full(length, np.nan)
-    return pd.DataFrame({"epoch": np.arange(1, length + 1), "mean": values.mean(axis=0), "std": std,
-                         "runs": len(series)})
+        if column in metrics:
+            if {"stage", "epoch"} <= set(metrics.columns):
+                metrics = metrics.drop_duplicates(["stage", "epoch"], keep="last")
+            value = pd.to_numeric(metrics[column], errors="coerce").to_numpy()
+            curves.append(pd.DataFrame({"setting": setting, "run": run, "epoch": range(1, len(value) + 1),
+                                        "value": value}))
+    if not curves:
+        return pd.DataFrame(columns=["setting", "epoch", "mean", "std", "runs"])
+    curves = pd.concat(curves)
+    shortest = curves.groupby(["setting", "run"]).size().groupby("setting").min()
+    curves = curves[curves["epoch"] <= curves["setting"].map(shortest)]
+    return curves.groupby(["setting", "epoch"], as_index=False).agg(
+        mean=("value", "mean"), std=("value", "std"), runs=("run", "nunique"))
 
 
 def plot_curves(
@@ -179,49 +146,34 @@ def plot_curves(
     perplexity axis stops at twice the lowest value so the final epochs stay legible.
     Returns None when no run of a best setting has a usable metrics.csv.
     """
-    line_keys = [k for k in variant_keys if k != DATASET_KEY]
-    rows = best.assign(line=[_label(row, line_keys) for _, row in best.iterrows()])
-    colours = _colours(list(rows["line"]))
-    panels = _panels(rows, variant_keys, dataset)
-    size = (max(PANEL_WIDTH * len(panels), MIN_WIDTH), PANEL_HEIGHT + 0.2 * len(rows) / len(panels))
-    fig = Figure(figsize=size, layout="constrained")
-    axes = fig.subplots(1, len(panels), squeeze=False)
-    drawn = False
-    for ax, (name, panel) in zip(axes.flat, panels):
-        for _, row in panel.sort_values("line").iterrows():
-            stats = curve_stats(list(runs_in(runs, row, variant_keys + rate_keys)["run_dir"]), metric.curve)
-            if stats is not None:
-                _curve_line(ax, stats, colours[row["line"]], _curve_label(row, rate_keys, stats))
-                drawn = True
-        _curve_axes(ax, name, metric)
-    if not drawn:
+    keys = variant_keys + rate_keys
+    best = best.assign(setting=labels(best, keys), line=labels(best, [k for k in variant_keys if k != DATASET_KEY]),
+                       rates=labels(best, rate_keys))
+    runs = runs.assign(setting=labels(runs, keys))
+    stats = curve_stats(runs[runs["setting"].isin(best["setting"])], metric.curve)
+    if stats.empty:
         return None
-    capped = "; y axis capped at 2× the lowest value" if metric.curve.endswith("ppl") else ""
+    colours, panels = _colours(best["line"]), _panels(best, variant_keys, dataset)
+    size = (max(PANEL_WIDTH * len(panels), MIN_WIDTH), PANEL_HEIGHT + 0.2 * len(best) / len(panels))
+    fig = Figure(figsize=size, layout="constrained")
+    is_ppl = metric.curve.endswith("ppl")
+    for ax, (name, panel) in zip(fig.subplots(1, len(panels), squeeze=False).flat, panels):
+        for row in panel.sort_values("line").itertuples():
+            curve = stats[stats["setting"] == row.setting]
+            if curve.empty:
+                continue
+            n_runs = f"{curve['runs'].iloc[0]} runs"
+            label = f"{row.line} ({row.rates}; {n_runs})" if rate_keys else f"{row.line} ({n_runs})"
+            ax.plot(curve["epoch"], curve["mean"], color=colours[row.line], label=label, linewidth=1.5,
+                    marker="o" if len(curve) <= 30 else None, markersize=3)
+            band = curve["std"].fillna(0)
+            ax.fill_between(curve["epoch"], curve["mean"] - band, curve["mean"] + band, color=colours[row.line],
+                            alpha=0.2, linewidth=0)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _finish(ax, log=is_ppl, top_ratio=2 if is_ppl else None)
+        ax.set(title=name, xlabel="epoch", ylabel="validation perplexity" if is_ppl else "validation loss (nats/token)")
+        if ax.has_data():
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize="small", frameon=False)
+    capped = "; y axis capped at 2× the lowest value" if is_ppl else ""
     fig.suptitle(f"learning curves at each variant's best setting\nmean ± std over seeds{capped}")
     return _save(fig, path)
-
-
-def _curve_axes(ax: Axes, dataset: str, metric: Metric) -> None:
-    is_ppl = metric.curve.endswith("ppl")
-    _style_y(ax, log=is_ppl, top_ratio=2 if is_ppl else None)
-    ax.set_title(dataset)
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("validation perplexity" if is_ppl else "validation loss (nats/token)")
-    if ax.has_data():
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize="small", frameon=False)
-    else:
-        _mark_empty(ax)
-
-
-def _curve_label(row: pd.Series, rate_keys: list[str], stats: pd.DataFrame) -> str:
-    runs = f"{stats['runs'].iloc[0]} runs"
-    return f"{row['line']} ({_label(row, rate_keys)}; {runs})" if rate_keys else f"{row['line']} ({runs})"
-
-
-def _curve_line(ax: Axes, stats: pd.DataFrame, colour: Any, label: str) -> None:
-    ax.plot(stats["epoch"], stats["mean"], color=colour, label=label, linewidth=1.5,
-            marker="o" if len(stats) <= 30 else None, markersize=3)
-    band = stats["std"].fillna(0)
-    ax.fill_between(stats["epoch"], stats["mean"] - band, stats["mean"] + band, color=colour, alpha=0.2,
-                    linewidth=0)
