@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import machine, machine_line  # noqa: E402
-from rnnlm.model import step_lstm  # noqa: E402
-from rnnlm.model.step_lstm import StepLSTM  # noqa: E402
+from rnnlm.dropout import step_lstm  # noqa: E402
+from rnnlm.dropout.step_lstm import StepLSTM  # noqa: E402
 
 T, B, I, H = 70, 20, 400, 1150  # AWD-LSTM on PTB: bptt 70, batch 20, emsize 400, nhid 1150
 

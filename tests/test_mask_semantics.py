@@ -23,7 +23,7 @@ from hydra import compose, initialize_config_module
 from rnnlm.cli.train import to_run_config
 from rnnlm.dropout import EmbeddingDropout, SequenceDropout, StochasticModule, WeightDropLSTM, mc_pass
 from rnnlm.model import AWDLSTM
-from rnnlm.model.step_lstm import StepLSTM
+from rnnlm.dropout.step_lstm import StepLSTM
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PRESETS = sorted(p.stem for p in (CONFIGS / "dropout").glob("*.yaml"))

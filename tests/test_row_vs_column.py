@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rnnlm.dropout import WeightDropLSTM
-from rnnlm.model.step_lstm import StepLSTM, StepMasks
+from rnnlm.dropout.step_lstm import StepLSTM, StepMasks
 
 T, B, I, H, P = 6, 3, 5, 4, 0.5
 

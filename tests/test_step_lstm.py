@@ -1,7 +1,8 @@
 """StepLSTM: the step-loop LSTM with per-sample recurrent dropout.
 
-Checked against ``nn.LSTM`` (no dropout) and against :func:`reference`, the defining
-equations of each paper written one gate at a time in plain PyTorch.
+Checked against ``nn.LSTM`` (no dropout), against hand-computed cases of each paper's
+definition, and the fused loop against ``plain_lstm``, the defining equations written one
+gate at a time in plain PyTorch (values and gradients).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from rnnlm.model.step_lstm import StepLSTM, StepMasks, _dense, _StepLSTMFunction
+from rnnlm.dropout.step_lstm import StepLSTM, StepMasks, _dense, _StepLSTMFunction, plain_lstm
 
 T, B, I, H = 6, 4, 5, 7
 
@@ -56,29 +57,8 @@ def inputs(dtype=torch.float32, seed=1, t=T, b=B, i=I, h=H):
 
 
 def reference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, masks: StepMasks = StepMasks()):
-    """The LSTM and its recurrent dropouts, gate by gate. x (T, B, I), h0/c0 (B, H)."""
-    n = w_hh.shape[1]
-    W, U, b = w_ih.split(n), w_hh.split(n), (b_ih + b_hh).split(n)  # gates i, f, g, o
-    mh, mg, zh, zc, mx = masks
-    if mh is None:
-        gate_masks = [1.0] * 4
-    elif mh.dim() == 2:  # Gal tied: one mask on h_{t-1} for all four gates
-        gate_masks = [mh] * 4
-    else:  # Gal untied: a mask per gate
-        gate_masks = list(mh)
-    h, c, outs = h0, c0, []
-    for t in range(x.shape[0]):
-        xs = [x[t]] * 4 if mx is None else [x[t] * mx[k] for k in range(4)]  # Gal: per gate
-        pre = [xs[k] @ W[k].T + (h * gate_masks[k]) @ U[k].T + b[k] for k in range(4)]
-        i, f, g, o = pre[0].sigmoid(), pre[1].sigmoid(), pre[2].tanh(), pre[3].sigmoid()
-        if mg is not None:  # Semeniuta: drop the cell update only, never c_{t-1}
-            g = g * (mg[t] if mg.dim() == 3 else mg)
-        c_new = f * c + i * g
-        h_new = o * torch.tanh(c_new)
-        h = h_new if zh is None else zh[t] * h + (1 - zh[t]) * h_new  # zoneout: 1 = keep
-        c = c_new if zc is None else zc[t] * c + (1 - zc[t]) * c_new
-        outs.append(h)
-    return torch.stack(outs), h, c
+    """The defining equations, gate by gate, in plain PyTorch: ``plain_lstm``."""
+    return plain_lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, masks)
 
 
 def run(model, x, h0, c0, **kw):
@@ -424,7 +404,7 @@ def test_gemm_operands_are_row_or_column_major():
 
 def test_backend_probe_does_not_consume_the_global_rng():
     """Resumed runs must draw the same masks as uninterrupted ones."""
-    from rnnlm.model import step_lstm
+    from rnnlm.dropout import step_lstm
 
     torch.manual_seed(0)
     expected = torch.rand(3)
@@ -432,3 +412,18 @@ def test_backend_probe_does_not_consume_the_global_rng():
     step_lstm._onednn_linear_available.cache_clear()
     step_lstm._onednn_linear_available()
     assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("kind,mask", VARIANTS)
+def test_fused_loop_equals_the_plain_path_values_and_gradients(kind, mask):
+    """The hand-written loop is an optimisation of plain_lstm: a module with fused=False
+    gives the same outputs and the same gradients for every parameter and input."""
+    fused = make(kind, mask, dtype=torch.float64).train()
+    plain = make(kind, mask, dtype=torch.float64).train()
+    plain.fused = False
+    plain.load_state_dict(fused.state_dict())
+    x, h0, c0 = inputs(torch.float64)
+    masks = fused.sample_masks(T, B)
+    got = grads_of(lambda: run(fused, x, h0, c0, masks=masks), [x, h0, c0, *fused.parameters()])
+    want = grads_of(lambda: run(plain, x, h0, c0, masks=masks), [x, h0, c0, *plain.parameters()])
+    assert_all_close(got, want, atol=1e-10, rtol=1e-10)

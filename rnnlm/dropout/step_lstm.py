@@ -54,7 +54,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from ..config import VALID_MASKS, MaskKind, RecurrentKind
-from ..dropout.base import StochasticModule, bernoulli_mask
+from .base import StochasticModule, bernoulli_mask
 
 State = tuple[Tensor, Tensor]  # (h, c), each (1, B, H)
 
@@ -277,6 +277,39 @@ class _StepLSTMFunction(torch.autograd.Function):
         return dx, dh, dc, dw_ih, dw_hh, db, db2, None, None, None, None, None
 
 
+# --------------------------------------------------------------------------- the plain path
+
+
+def plain_lstm(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor,
+               b_hh: Tensor, masks: StepMasks) -> tuple[Tensor, Tensor, Tensor]:
+    """The LSTM and its recurrent dropouts as the papers define them, one gate at a time, in
+    plain PyTorch (autograd does the backward). ``x (T, B, I)``, ``h0``/``c0`` ``(B, H)``
+    -> ``out (T, B, H)``, ``h_n``, ``c_n``. Gates i, f, g, o as in PyTorch.
+
+    This is the definition a recurrent scheme is written against: a new scheme adds its
+    masks to :class:`StepMasks`, draws them in :meth:`StepLSTM.sample_masks` and applies
+    them here. :class:`_StepLSTMFunction` is the same computation with a hand-written
+    backward, an optimisation a scheme opts into once it is tested equal to this path.
+    """
+    H = w_hh.shape[1]
+    W, U, b = w_ih.split(H), w_hh.split(H), (b_ih + b_hh).split(H)
+    mh, mg, zh, zc, mx = masks.h, masks.g, masks.zone_h, masks.zone_c, masks.x
+    rec = [1.0] * 4 if mh is None else [mh] * 4 if mh.dim() == 2 else list(mh)  # Gal tied / untied
+    h, c, outs = h0, c0, []
+    for t in range(x.shape[0]):
+        xs = [x[t]] * 4 if mx is None else [x[t] * mx[k] for k in range(4)]  # Gal: per-gate input
+        pre = [xs[k] @ W[k].T + (h * rec[k]) @ U[k].T + b[k] for k in range(4)]
+        i, f, g, o = pre[0].sigmoid(), pre[1].sigmoid(), pre[2].tanh(), pre[3].sigmoid()
+        if mg is not None:  # Semeniuta: drop the cell update only, never c_{t-1}
+            g = g * (mg[t] if mg.dim() == 3 else mg)
+        c_new = f * c + i * g
+        h_new = o * torch.tanh(c_new)
+        h = h_new if zh is None else zh[t] * h + (1 - zh[t]) * h_new  # zoneout: 1 = keep
+        c = c_new if zc is None else zc[t] * c + (1 - zc[t]) * c_new
+        outs.append(h)
+    return torch.stack(outs), h, c
+
+
 # --------------------------------------------------------------------------- the module
 
 
@@ -294,11 +327,12 @@ class StepLSTM(nn.LSTM, StochasticModule):
     dicts load both ways and the mask-free path is ``nn.LSTM.forward`` itself, which
     keeps cuDNN's flattened weights on CUDA. ``forward`` has the ``nn.LSTM``
     API; passing ``masks`` (e.g. from :meth:`sample_masks`) always runs the step
-    loop with exactly those masks, whatever the mode.
+    loop with exactly those masks, whatever the mode. ``fused=False`` runs
+    :func:`plain_lstm` instead of the hand-written loop (same values and gradients).
     """
 
     def __init__(self, input_size: int, hidden_size: int, kind: str, rate: float, mask: str,
-                 cell_rate: float = 0.0, input_rate: float = 0.0) -> None:
+                 cell_rate: float = 0.0, input_rate: float = 0.0, fused: bool = True) -> None:
         kind_, mask_ = RecurrentKind(kind), MaskKind(mask)  # ValueError on unknown names
         if kind_ not in STEP_KINDS:
             raise ValueError(f"StepLSTM kind must be one of {[k.value for k in STEP_KINDS]}, "
@@ -319,6 +353,7 @@ class StepLSTM(nn.LSTM, StochasticModule):
         self.rate = float(rate)
         self.cell_rate = float(cell_rate)
         self.input_rate = float(input_rate)
+        self.fused = fused  # the hand-written loop; False: plain_lstm through autograd
 
     @property
     def _weights(self) -> list[Tensor]:
@@ -375,7 +410,10 @@ class StepLSTM(nn.LSTM, StochasticModule):
                 masks = self.expected_masks(T, B)
         if masks is None:  # nothing to drop: nn.LSTM's fused kernel
             return super().forward(x, hx)
-        out, h_n, c_n = _StepLSTMFunction.apply(x, hx[0][0], hx[1][0], *self._weights, *masks)
+        if self.fused:
+            out, h_n, c_n = _StepLSTMFunction.apply(x, hx[0][0], hx[1][0], *self._weights, *masks)
+        else:
+            out, h_n, c_n = plain_lstm(x, hx[0][0], hx[1][0], *self._weights, masks)
         return out, (h_n.unsqueeze(0), c_n.unsqueeze(0))
 
     def extra_repr(self) -> str:

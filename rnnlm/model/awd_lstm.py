@@ -24,9 +24,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ..config import DropoutConfig, ModelConfig, RecurrentDropoutConfig, RecurrentKind
-from ..dropout import EmbeddingDropout, SequenceDropout, WeightDropLSTM
-from .step_lstm import StepLSTM
+from ..config import DropoutConfig, ModelConfig
+from ..dropout import EmbeddingDropout, SequenceDropout, recurrent_layer
 
 Hidden = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: (h, c), each (1, B, H_l)
 
@@ -36,25 +35,6 @@ class LMOutput(NamedTuple):
     hidden: Hidden  # final state of each layer
     raw_output: torch.Tensor  # (T, B, H_L) last layer output before output dropout (TAR)
     output: torch.Tensor  # (T, B, H_L) after output dropout (AR)
-
-
-def recurrent_layer(input_size: int, hidden_size: int, cfg: RecurrentDropoutConfig,
-                    input_rate: float = 0.0) -> nn.Module:
-    """One LSTM layer ``(T, B, I) -> (T, B, H)`` carrying the configured recurrent dropout.
-
-    ``weight_drop`` keeps the fused kernel; Gal, Semeniuta and zoneout masks act on
-    per-sample states and need the step loop of :class:`StepLSTM`. ``input_rate``:
-    the rate of the per-gate input masks when ``cfg.per_gate_input``.
-    """
-    kind = RecurrentKind(cfg.kind)
-    if kind is RecurrentKind.none:
-        return nn.LSTM(input_size, hidden_size)
-    if kind is RecurrentKind.weight_drop:
-        return WeightDropLSTM(input_size, hidden_size, cfg.rate, mask=cfg.mask.value)
-    return StepLSTM(
-        input_size, hidden_size, kind=kind.value, rate=cfg.rate, mask=cfg.mask.value,
-        cell_rate=cfg.cell_rate, input_rate=input_rate if cfg.per_gate_input else 0.0,
-    )
 
 
 class AWDLSTM(nn.Module):
