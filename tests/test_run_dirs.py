@@ -198,3 +198,18 @@ def test_the_claim_is_held_only_while_the_run_lives(reference):
     assert (reference / CLAIM).is_file()
     with claim_stopped(reference):  # nobody holds it now
         pass
+
+
+def test_a_signal_is_passed_on_to_the_handler_installed_before():
+    """How a scheduler's own handler (submitit's requeue on SIGUSR2) still runs: after the run."""
+    from rnnlm.training.signals import stop_on_signals
+
+    seen = []
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: seen.append(signum))
+    try:
+        with stop_on_signals() as stop:
+            os.kill(os.getpid(), signal.SIGUSR2)
+            assert stop() and seen == []  # the run sees it first and saves its state
+        assert seen == [signal.SIGUSR2]
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
