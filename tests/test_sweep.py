@@ -139,13 +139,14 @@ def test_slurm_launcher_composes(capsys):
     assert "array_parallelism: 8" in out and "gpus_per_node: 1" in out
 
 
-def test_a_bad_job_fails_alone_and_leaves_nothing(tmp_path):
+def test_a_bad_job_fails_alone_and_leaves_nothing(tmp_path, capsys):
     """Each job checks its own config before its first write: job 1 is refused with one line and
     leaves no directory; job 0 runs to the end."""
-    proc = run_rnnlm("train", "-m", *QUICK, "dropout.output=0.1,1.5", "hydra.sweep.dir=sweep", cwd=tmp_path)
-    assert proc.returncode == 2
-    assert "dropout.output=1.5 is outside [0, 1)" in proc.stderr and "Traceback" not in proc.stderr
-    assert proc.stderr.count("rnnlm: error: ") == 1 and "rnnlm: error: job 1 " in proc.stderr
+    code = rnnlm_main(["train", "-m", *QUICK, "dropout.output=0.1,1.5", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "dropout.output=1.5 is outside [0, 1)" in err and "Traceback" not in err
+    assert err.count("rnnlm: error: ") == 1 and "rnnlm: error: job 1 " in err
     assert [r["status"] for r in job_results(tmp_path / "sweep")] == ["completed"]
     assert not (tmp_path / "sweep" / "1").exists()
 
