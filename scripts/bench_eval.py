@@ -47,7 +47,7 @@ from rnnlm.evaluation.pointer import PointerSettings, evaluate_pointer  # noqa: 
 from rnnlm.model import AWDLSTM  # noqa: E402
 from rnnlm.training import evaluate, evaluate_mc  # noqa: E402
 
-TARGETS = {"pointer": 1.5, "dynamic": 3.0}  # issue 10: at most this many times the standard time
+TARGETS = {"pointer": 1.5, "dynamic": 3.0}  # the design targets: at most this many times the standard time
 
 
 def ptb(tokens: int, data: str | None) -> tuple[torch.Tensor, torch.Tensor, str]:
