@@ -65,3 +65,16 @@ def tiny_data(tmp_path_factory) -> Path:
         mp.setenv("RNNLM_DATA_DIR", str(root))
         mp.setenv("RNNLM_CACHE_DIR", str(tmp_path_factory.mktemp("corpus-cache")))
         yield root
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a 2-core machine where another process
+    holds a core, 2 OpenMP threads make every small GEMM far slower (spin-waits). Modules of
+    small-tensor tests use it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -30,12 +30,7 @@ PRESETS = sorted(p.stem for p in (CONFIGS / "dropout").glob("*.yaml"))
 V, T, B = 40, 9, 6
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def preset_model(preset: str) -> AWDLSTM:

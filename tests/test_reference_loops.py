@@ -40,12 +40,7 @@ VOCAB = 23
 NO_DROPOUT = DropoutConfig(0.0, 0.0, 0.0, 0.0, True, RecurrentDropoutConfig(RecurrentKind.none, 0.0))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def toy_stream(n: int, seed: int = 0) -> torch.Tensor:

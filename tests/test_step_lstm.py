@@ -16,14 +16,7 @@ from rnnlm.dropout.step_lstm import StepLSTM, StepMasks, _dense, _StepLSTMFuncti
 T, B, I, H = 6, 4, 5, 7
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny sizes gain nothing from threads, and on a 2-core machine where another process
-    holds a core, 2 OpenMP threads make every small GEMM ~1000x slower (spin-waits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 VARIANTS = [  # (kind, mask)
     ("variational", "tied"),
