@@ -57,18 +57,13 @@ class DatasetSource:
 
     @classmethod
     def from_config(cls, dataset: Any) -> "DatasetSource":
-        """From a ``dataset`` config (``rnnlm.config.DatasetConfig`` or a mapping). A config
-        that gives neither ``dirname`` nor ``hub.path`` is completed from the packaged YAML
-        of that name, so ``DatasetConfig(name="wikitext2")`` works without Hydra."""
-        get = (lambda key: dataset.get(key)) if isinstance(dataset, Mapping) else (
-            lambda key: getattr(dataset, key, None))
-        name = get("name")
-        hub = get("hub")
-        hub = dict(hub if isinstance(hub, Mapping) else vars(hub) if hub is not None else {})
-        hub = {k: v for k, v in hub.items() if v is not None}
-        if get("dirname") is None and "path" not in hub and name in packaged_datasets():
-            return packaged_source(name)
-        return cls(name, get("dirname") or name, hub)
+        """From a ``dataset`` config (``rnnlm.config.DatasetConfig``). A config that gives
+        neither ``dirname`` nor ``hub.path`` is completed from the packaged YAML of that
+        name, so ``DatasetConfig(name="wikitext2")`` works without Hydra."""
+        hub = {k: v for k, v in vars(dataset.hub).items() if v is not None}
+        if dataset.dirname is None and "path" not in hub and dataset.name in packaged_datasets():
+            return packaged_source(dataset.name)
+        return cls(dataset.name, dataset.dirname or dataset.name, hub)
 
 
 def _dataset_configs() -> Any:

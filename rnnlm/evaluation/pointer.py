@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..data import get_batch
+from ..training.evaluate import carried_segments
 from ..model import AWDLSTM
 from .scoring import Score, ScoreAccumulator
 
@@ -138,13 +138,9 @@ def evaluate_pointer(
     awd-lstm-lm ``pointer.py`` scores PTB and WikiText-2 with batch 1 (valid and test).
     """
     model.eval()
-    hidden = model.init_hidden(data.size(1))
     cache = PointerCache(settings.window)
     acc = ScoreAccumulator(keep_token_losses)
-    for i in range(0, data.size(0) - 1, bptt):
-        inputs, targets = get_batch(data, i, bptt)  # (T, B) each
-        out = model(inputs, hidden)
-        hidden = out.hidden
+    for out, targets in carried_segments(model, data, bptt):  # targets (T, B)
         log_p = pointer_log_probs(out.logits, out.raw_output, targets, cache, settings)  # (T, B, V)
         flat_p, flat_t = log_p.flatten(0, 1), targets.flatten()
         per_token = F.nll_loss(flat_p, flat_t, reduction="none").view_as(targets) if keep_token_losses else None

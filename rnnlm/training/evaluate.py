@@ -12,13 +12,14 @@ validate with batch 20.
 from __future__ import annotations
 
 import math
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 
 from ..data import get_batch
 from ..dropout import EmbeddingDropout, mc_pass
-from ..model import AWDLSTM
+from ..model import AWDLSTM, LMOutput
 
 
 def perplexity(loss: float) -> float:
@@ -26,18 +27,25 @@ def perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 709.0 else math.inf
 
 
+def carried_segments(model: AWDLSTM, data: torch.Tensor, bptt: int) -> Iterator[tuple[LMOutput, torch.Tensor]]:
+    """``(model output, targets (T, B))`` for each BPTT segment of ``data (L, B)`` in order,
+    the hidden state carried from one segment to the next; dropout as the modules are set."""
+    hidden = model.init_hidden(data.size(1))
+    for i in range(0, data.size(0) - 1, bptt):
+        inputs, targets = get_batch(data, i, bptt)  # (T, B) each
+        out = model(inputs, hidden)
+        hidden = out.hidden
+        yield out, targets
+
+
 @torch.no_grad()
 def evaluate(model: AWDLSTM, data: torch.Tensor, bptt: int) -> float:
     """Mean per-token cross-entropy (nats) of ``model`` on ``data (L, B)``, masks off."""
     model.eval()
-    hidden = model.init_hidden(data.size(1))
     total, count = 0.0, 0
-    for i in range(0, data.size(0) - 1, bptt):
-        inputs, targets = get_batch(data, i, bptt)  # (T, B) each
-        out = model(inputs, hidden)
+    for out, targets in carried_segments(model, data, bptt):
         total += F.cross_entropy(out.logits.flatten(0, 1), targets.flatten(), reduction="sum").item()
         count += targets.numel()
-        hidden = out.hidden
     return total / count
 
 
@@ -45,15 +53,10 @@ def evaluate(model: AWDLSTM, data: torch.Tensor, bptt: int) -> float:
 def target_log_probs(model: AWDLSTM, data: torch.Tensor, bptt: int) -> torch.Tensor:
     """``log p(target)`` of every target of ``data (L, B)`` in stream order, ``((L-1) * B,)``,
     with the hidden state carried across BPTT segments; dropout as the modules are set."""
-    hidden = model.init_hidden(data.size(1))
-    picked = []
-    for i in range(0, data.size(0) - 1, bptt):
-        inputs, targets = get_batch(data, i, bptt)  # (T, B) each
-        out = model(inputs, hidden)
-        hidden = out.hidden
-        log_p = F.log_softmax(out.logits, dim=-1).gather(-1, targets.unsqueeze(-1))  # (T, B, 1)
-        picked.append(log_p.flatten())
-    return torch.cat(picked)
+    return torch.cat([
+        F.log_softmax(out.logits, dim=-1).gather(-1, targets.unsqueeze(-1)).flatten()  # (T * B,)
+        for out, targets in carried_segments(model, data, bptt)
+    ])
 
 
 @torch.no_grad()

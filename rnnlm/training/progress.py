@@ -14,6 +14,8 @@ import sys
 
 from tqdm import tqdm
 
+from .evaluate import perplexity
+
 log = logging.getLogger(__name__)
 
 LOG_FRACTION = 0.1  # without a terminal: one log line per this fraction of the epoch
@@ -31,21 +33,21 @@ class EpochProgress:
         if enabled and terminal:
             self.bar = tqdm(total=total_tokens, initial=done_tokens, desc=desc, unit="tok",
                             unit_scale=True, leave=False, dynamic_ncols=True)
+        self.log_step = max(1, math.ceil(total_tokens * LOG_FRACTION))
         self.next_log = self._next_mark(done_tokens)
 
     def _next_mark(self, done: int) -> int:
-        step = max(1, math.ceil(self.total * LOG_FRACTION))
-        return (done // step + 1) * step
+        return (done // self.log_step + 1) * self.log_step
 
     def update(self, tokens: int, loss: float, tokens_per_second: float) -> None:
         self.done += tokens
         if self.bar is not None:
             self.bar.update(tokens)
-            self.bar.set_postfix(loss=f"{loss:.3f}", ppl=f"{math.exp(min(loss, 700.0)):.1f}",
+            self.bar.set_postfix(loss=f"{loss:.3f}", ppl=f"{perplexity(loss):.1f}",
                                  tok_s=f"{tokens_per_second:.0f}", refresh=False)
         elif self.log_lines and self.done >= self.next_log:
             log.info("%s | %3.0f%% | loss %.3f | ppl %.1f | %.0f tok/s", self.desc,
-                     100.0 * self.done / max(self.total, 1), loss, math.exp(min(loss, 700.0)),
+                     100.0 * self.done / max(self.total, 1), loss, perplexity(loss),
                      tokens_per_second)
             self.next_log = self._next_mark(self.done)
 
