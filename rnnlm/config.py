@@ -19,7 +19,8 @@ class ConfigError(ValueError):
     """A configuration value that cannot work; the message says how to fix it."""
 
 
-def _check_rate(key: str, value: float) -> None:
+def check_rate(key: str, value: float) -> None:
+    """ConfigError unless ``value`` is a drop probability in [0, 1)."""
     if not 0.0 <= value < 1.0:
         raise ConfigError(
             f"{key}={value} is outside [0, 1): a dropout rate is a drop probability; "
@@ -32,38 +33,6 @@ def _check_positive(key: str, value: float | int | None, allow_none: bool = Fals
         return
     if value is None or value <= 0:
         raise ConfigError(f"{key}={value} must be a positive number, e.g. {key}=10.")
-
-
-class RecurrentKind(str, Enum):
-    """Which recurrent-dropout scheme regularises h_{t-1} -> gates."""
-
-    none = "none"
-    weight_drop = "weight_drop"  # DropConnect on W_hh (Merity et al. 2017); fused kernel
-    variational = "variational"  # Gal & Ghahramani 2016: per-sequence masks on h_{t-1}
-    semeniuta = "semeniuta"  # Semeniuta et al. 2016: dropout on the cell update g_t
-    zoneout = "zoneout"  # Krueger et al. 2016: keep previous h/c units
-
-
-class MaskKind(str, Enum):
-    """Shape of the recurrent mask; which ones apply depends on the kind."""
-
-    element = "element"  # weight_drop: (4H, H)
-    row = "row"  # weight_drop: (4H, 1), AWD `variational=True`
-    column = "column"  # weight_drop: (1, H), = Gal tied, one mask per minibatch
-    gate_column = "gate_column"  # weight_drop: 4 x (1, H), = Gal untied per minibatch
-    tied = "tied"  # variational: one (B, H) mask for all gates
-    untied = "untied"  # variational: one (B, H) mask per gate
-    sequence = "sequence"  # semeniuta: one (B, H) mask per sequence
-    step = "step"  # semeniuta/zoneout: fresh mask per time step
-
-
-VALID_MASKS: dict[RecurrentKind, tuple[MaskKind, ...]] = {
-    RecurrentKind.none: tuple(MaskKind),
-    RecurrentKind.weight_drop: (MaskKind.element, MaskKind.row, MaskKind.column, MaskKind.gate_column),
-    RecurrentKind.variational: (MaskKind.tied, MaskKind.untied),
-    RecurrentKind.semeniuta: (MaskKind.sequence, MaskKind.step),
-    RecurrentKind.zoneout: (MaskKind.step,),
-}
 
 
 class TestWeights(str, Enum):
@@ -133,9 +102,15 @@ class ModelConfig:
 
 @dataclass
 class RecurrentDropoutConfig:
-    kind: RecurrentKind = RecurrentKind.weight_drop
-    rate: float = 0.5
-    mask: MaskKind = MaskKind.element
+    """The recurrent dropout of every layer: a scheme (``kind``) and its settings.
+
+    Schemes are modules of :mod:`rnnlm.dropout.schemes`; each declares which ``mask``
+    values it accepts and which settings it reads, and validates them.
+    """
+
+    kind: str = "weight_drop"  # a scheme of rnnlm.dropout.schemes (registered_schemes() lists them)
+    rate: float = 0.5  # drop probability (zoneout: z_h, the probability of keeping h)
+    mask: str = "element"  # the mask's shape, as the scheme defines it (e.g. element, tied, step)
     # Zoneout only: probability of keeping the previous cell unit (z_c); `rate` is z_h.
     cell_rate: float = 0.0
     # Variational untied only (Gal's LM code): each gate also gets its own (B, I) mask on
@@ -144,30 +119,9 @@ class RecurrentDropoutConfig:
     per_gate_input: bool = False
 
     def __post_init__(self) -> None:
-        _check_rate("dropout.recurrent.rate", self.rate)
-        _check_rate("dropout.recurrent.cell_rate", self.cell_rate)
-        allowed = VALID_MASKS[self.kind]
-        if self.mask not in allowed:
-            names = ", ".join(m.value for m in allowed)
-            raise ConfigError(
-                f"dropout.recurrent.mask={self.mask.value} does not go with "
-                f"dropout.recurrent.kind={self.kind.value}; choose one of: {names}."
-            )
-        if self.kind is RecurrentKind.none and self.rate:
-            raise ConfigError(
-                f"dropout.recurrent.rate={self.rate} has no effect with dropout.recurrent.kind=none; "
-                f"set dropout.recurrent.rate=0 (or use dropout/recurrent=none)."
-            )
-        if self.per_gate_input and (self.kind, self.mask) != (RecurrentKind.variational, MaskKind.untied):
-            raise ConfigError(
-                f"dropout.recurrent.per_gate_input=true needs dropout.recurrent.kind=variational and "
-                f"mask=untied (got {self.kind.value}/{self.mask.value}); set it to false."
-            )
-        if self.cell_rate and self.kind is not RecurrentKind.zoneout:
-            raise ConfigError(
-                f"dropout.recurrent.cell_rate={self.cell_rate} only applies to "
-                f"dropout.recurrent.kind=zoneout; set it to 0."
-            )
+        from .dropout.scheme import get_scheme  # the registry imports torch and this module
+
+        get_scheme(self.kind).validate(self.rate, self.mask, self.cell_rate, self.per_gate_input)
 
 
 @dataclass
@@ -181,7 +135,7 @@ class DropoutConfig:
 
     def __post_init__(self) -> None:
         for site in ("embedding", "input", "hidden", "output"):
-            _check_rate(f"dropout.{site}", getattr(self, site))
+            check_rate(f"dropout.{site}", getattr(self, site))
 
 
 @dataclass

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import machine, machine_line  # noqa: E402
-from rnnlm.config import DropoutConfig, ModelConfig, RecurrentDropoutConfig, RecurrentKind  # noqa: E402
+from rnnlm.config import DropoutConfig, ModelConfig, RecurrentDropoutConfig  # noqa: E402
 from rnnlm.model import AWDLSTM  # noqa: E402
 from rnnlm.training.regularization import (  # noqa: E402
     activation_regularization,
@@ -114,7 +114,7 @@ def main() -> None:
     awd = DropoutConfig()  # the AWD PTB rates, WeightDrop element 0.5
     variants = {
         "awd": awd,
-        "no_weight_drop": replace(awd, recurrent=RecurrentDropoutConfig(RecurrentKind.weight_drop, 0.0)),
+        "no_weight_drop": replace(awd, recurrent=RecurrentDropoutConfig("weight_drop", 0.0)),
         "no_embedding_dropout": replace(awd, embedding=0.0),
     }
     peak_before = matmul_peak(device)

@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import machine, machine_line  # noqa: E402
-from rnnlm.dropout import step_lstm  # noqa: E402
-from rnnlm.dropout.step_lstm import StepLSTM  # noqa: E402
+import rnnlm.dropout.fused_lstm as fused  # noqa: E402
+from rnnlm.dropout import StepLSTM  # noqa: E402
 
 T, B, I, H = 70, 20, 400, 1150  # AWD-LSTM on PTB: bptt 70, batch 20, emsize 400, nhid 1150
 
@@ -82,11 +82,11 @@ class _OneDNNOff:
     """Runs rnnlm's Function with every GEMM on torch.mm (MKL on CPU), forward and backward."""
 
     def __enter__(self):
-        self.saved = step_lstm._use_onednn
-        step_lstm._use_onednn = lambda w: False
+        self.saved = fused._use_onednn
+        fused._use_onednn = lambda w: False
 
     def __exit__(self, *exc):
-        step_lstm._use_onednn = self.saved
+        fused._use_onednn = self.saved
 
 
 # --------------------------------------------------------------------------- timing
@@ -154,7 +154,7 @@ def step_loop_ratios(repeats: int = 5) -> dict:
         out[f"{key}_ratio"] = round(res[key][1], 3)
         out[f"{key}_ms"] = round(res[key][0] * 1e3, 1)
     out["step_loop_threads"] = torch.get_num_threads()
-    out["step_loop_onednn"] = step_lstm._onednn_linear_available()
+    out["step_loop_onednn"] = fused._onednn_linear_available()
     # Another busy process slows multi-threaded torch several-fold, and the many small
     # OpenMP regions of the step loop more than nn.LSTM: with a load average above ~0.5
     # before the run, the figures are suspect.
@@ -183,7 +183,7 @@ def alternative_ratios(repeats: int = 5, compile_loop: bool = False) -> dict:
         cases[f"{name}/autograd loop"] = _fwd_bwd(lambda a=args, m=mask: autograd_loop(*a, m)[0])
         cases[f"{name}/jit.script loop"] = _fwd_bwd(lambda a=args, m=mask: scripted(*a, m)[0])
         cases[f"{name}/function+MKL"] = _fwd_bwd(
-            lambda a=args, m=mask: step_lstm._StepLSTMFunction.apply(*a, *step_lstm.StepMasks(h=m))[0],
+            lambda a=args, m=mask: fused.fused_lstm(*a, {"h": m})[0],
             context=_OneDNNOff())
         if compiled is not None:
             t0 = time.perf_counter()

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import machine  # noqa: E402
-from rnnlm.config import DropoutConfig, MaskKind, ModelConfig, RecurrentDropoutConfig, RecurrentKind  # noqa: E402
+from rnnlm.config import DropoutConfig, ModelConfig, RecurrentDropoutConfig  # noqa: E402
 from rnnlm.dropout import WeightDropLSTM  # noqa: E402
 from rnnlm.model import AWDLSTM  # noqa: E402
 
@@ -115,8 +115,8 @@ def main() -> int:
     result: dict = machine(device)
     result.update(check_weight_drop(device))
     awd = DropoutConfig()
-    no_wd = replace(awd, recurrent=RecurrentDropoutConfig(RecurrentKind.weight_drop, 0.0))
-    gal = replace(awd, recurrent=RecurrentDropoutConfig(RecurrentKind.variational, 0.5, MaskKind.tied))
+    no_wd = replace(awd, recurrent=RecurrentDropoutConfig("weight_drop", 0.0))
+    gal = replace(awd, recurrent=RecurrentDropoutConfig("variational", 0.5, "tied"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         times = {name: time_steps(cfg, device, args.steps) for name, cfg in

@@ -5,7 +5,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from rnnlm.config import DropoutConfig, MaskKind, ModelConfig, RecurrentDropoutConfig, RecurrentKind
+from rnnlm.config import DropoutConfig, ModelConfig, RecurrentDropoutConfig
 from rnnlm.dropout import EmbeddingDropout, mc_pass
 from rnnlm.data import batchify
 from rnnlm.model import AWDLSTM
@@ -26,7 +26,7 @@ def test_evaluate_is_the_per_token_loss_of_one_long_pass():
 
 
 def test_mc_equals_standard_without_dropout_and_masks_go_back_off():
-    none = DropoutConfig(0.0, 0.0, 0.0, 0.0, True, RecurrentDropoutConfig(RecurrentKind.none, 0.0))
+    none = DropoutConfig(0.0, 0.0, 0.0, 0.0, True, RecurrentDropoutConfig("none", 0.0))
     model = model_with(none)
     data = batchify(torch.randint(0, 30, (200,)), 4)
     assert math.isclose(evaluate_mc(model, data, 10, samples=3), evaluate(model, data, 10), rel_tol=1e-5)
@@ -43,13 +43,13 @@ def test_mc_averages_probabilities_not_losses():
 
 
 GAL_UNTIED = DropoutConfig(0.2, 0.5, 0.5, 0.5, True, RecurrentDropoutConfig(
-    RecurrentKind.variational, 0.2, MaskKind.untied, per_gate_input=True))
+    "variational", 0.2, "untied", per_gate_input=True))
 
 
 def test_mc_of_a_model_with_only_word_dropout_is_the_deterministic_loss():
     """Gal's MC test turns word dropout off: a model whose only dropout is word dropout
     gives the deterministic figure; with word dropout kept on, it does not."""
-    none = RecurrentDropoutConfig(RecurrentKind.none, 0.0)
+    none = RecurrentDropoutConfig("none", 0.0)
     model = model_with(DropoutConfig(0.5, 0.0, 0.0, 0.0, True, none))
     data = batchify(torch.randint(0, 30, (200,)), 4)
     assert math.isclose(evaluate_mc(model, data, 10, samples=3), evaluate(model, data, 10), rel_tol=1e-6)

@@ -21,9 +21,9 @@ import torch
 from hydra import compose, initialize_config_module
 
 from rnnlm.cli.train import to_run_config
-from rnnlm.dropout import EmbeddingDropout, SequenceDropout, StochasticModule, WeightDropLSTM, mc_pass
+from rnnlm.dropout import EmbeddingDropout, SequenceDropout, StepLSTM, StochasticModule, WeightDropLSTM, mc_pass
 from rnnlm.model import AWDLSTM
-from rnnlm.dropout.step_lstm import StepLSTM
+
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PRESETS = sorted(p.stem for p in (CONFIGS / "dropout").glob("*.yaml"))
@@ -95,15 +95,15 @@ def test_held_masks_have_the_paper_shapes(preset):
     sizes = model.sizes
     for layer in range(len(model.rnns)):
         n_in, n_out = sizes[layer], sizes[layer + 1]
-        if r.kind.value == "weight_drop" and r.rate:
+        if r.kind == "weight_drop" and r.rate:
             expected[f"rnns.{layer}.mask"] = {
                 "element": (4, n_out, n_out), "row": (4, n_out, 1), "column": (1, 1, n_out),
-                "gate_column": (4, 1, n_out)}[r.mask.value]
-        if r.kind.value == "variational":
-            expected[f"rnns.{layer}.h"] = (B, n_out) if r.mask.value == "tied" else (4, B, n_out)
+                "gate_column": (4, 1, n_out)}[r.mask]
+        if r.kind == "variational":
+            expected[f"rnns.{layer}.h"] = (B, n_out) if r.mask == "tied" else (4, B, n_out)
             if r.per_gate_input:
                 expected[f"rnns.{layer}.x"] = (4, B, n_in)
-        if r.kind.value == "semeniuta" and r.mask.value == "sequence":
+        if r.kind == "semeniuta" and r.mask == "sequence":
             expected[f"rnns.{layer}.g"] = (B, n_out)
     assert held == expected
 
@@ -113,15 +113,15 @@ def test_gal_untied_is_per_gate_on_both_inputs_at_the_tied_rates():
     layer input rate is dropout.input for layer 1 and dropout.hidden above; no shared
     locked mask on the layer inputs; embedding = recurrent and input = output rates."""
     model, d = preset_model("gal_untied")
-    assert d.recurrent.per_gate_input and d.recurrent.mask.value == "untied"
+    assert d.recurrent.per_gate_input and d.recurrent.mask == "untied"
     assert d.embedding == d.recurrent.rate and d.input == d.output
     assert model.input_dropout.p == 0 and model.hidden_dropout.p == 0
-    assert [rnn.input_rate for rnn in model.rnns] == [d.input] + [d.hidden] * (len(model.rnns) - 1)
+    assert [rnn.scheme.input_rate for rnn in model.rnns] == [d.input] + [d.hidden] * (len(model.rnns) - 1)
     layer = model.rnns[0]
     masks = layer.train().sample_masks(T, B)
-    assert masks.x.shape == (4, B, layer.input_size) and masks.h.shape == (4, B, layer.hidden_size)
-    assert all(not torch.equal(masks.x[a], masks.x[b]) for a in range(4) for b in range(a + 1, 4))
-    values = masks.x.unique()
+    assert masks["x"].shape == (4, B, layer.input_size) and masks["h"].shape == (4, B, layer.hidden_size)
+    assert all(not torch.equal(masks["x"][a], masks["x"][b]) for a in range(4) for b in range(a + 1, 4))
+    values = masks["x"].unique()
     assert torch.allclose(values, torch.tensor([0.0, 1 / (1 - d.input)]))
 
 
@@ -132,13 +132,13 @@ def test_gal_untied_input_masks_act_gate_by_gate():
     x = torch.randn(T, B, 5)
     masks = layer.sample_masks(T, B)
     ones_h = torch.ones(4, B, 7)
-    all_on = masks._replace(x=torch.ones(4, B, 5), h=ones_h)
+    all_on = {**masks, "x": torch.ones(4, B, 5), "h": ones_h}
     plain = torch.nn.LSTM(5, 7)
     plain.load_state_dict(layer.state_dict())
     torch.testing.assert_close(layer(x, masks=all_on)[0], plain(x)[0])  # all-keep = nn.LSTM
     cut_input_gate = torch.ones(4, B, 5)
     cut_input_gate[0] = 0.0  # gate i sees no input at all
-    out = layer(x, masks=all_on._replace(x=cut_input_gate))[0]
+    out = layer(x, masks={**all_on, "x": cut_input_gate})[0]
     w = layer.weight_ih_l0.detach().clone()
     w[:7] = 0.0  # the same as a zero input weight for gate i only
     plain.weight_ih_l0.data.copy_(w)

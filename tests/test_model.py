@@ -4,13 +4,13 @@ import pytest
 import torch
 from torch import nn
 
-from rnnlm.config import DropoutConfig, MaskKind, ModelConfig, RecurrentDropoutConfig, RecurrentKind
+from rnnlm.config import DropoutConfig, ModelConfig, RecurrentDropoutConfig
 from rnnlm.dropout import WeightDropLSTM
 from rnnlm.model import AWDLSTM, count_parameters, repackage_hidden
 
 
 def no_dropout() -> DropoutConfig:
-    return DropoutConfig(0.0, 0.0, 0.0, 0.0, True, RecurrentDropoutConfig(RecurrentKind.none, 0.0))
+    return DropoutConfig(0.0, 0.0, 0.0, 0.0, True, RecurrentDropoutConfig("none", 0.0))
 
 
 @pytest.mark.parametrize("vocab,expected_millions", [(10_000, 24.2), (33_278, 33.6)])
@@ -55,7 +55,7 @@ def test_without_dropout_layers_equal_a_stacked_nn_lstm():
 
 def test_eval_is_deterministic_with_all_dropouts_on():
     torch.manual_seed(0)
-    cfg = DropoutConfig(0.3, 0.3, 0.3, 0.3, True, RecurrentDropoutConfig(RecurrentKind.weight_drop, 0.5, MaskKind.row))
+    cfg = DropoutConfig(0.3, 0.3, 0.3, 0.3, True, RecurrentDropoutConfig("weight_drop", 0.5, "row"))
     model = AWDLSTM(40, ModelConfig(emsize=8, nhid=10, nlayers=3), cfg)
     tokens = torch.randint(0, 40, (6, 2))
     model.train()

@@ -33,8 +33,8 @@ def test_every_dropout_preset_trains_to_a_finite_perplexity(group, preset, tmp_p
     # finite, and better than uniform guessing (perplexity = vocabulary size)
     assert math.isfinite(result["test_ppl"]) and result["test_ppl"] < len(tiny().vocab)
     (row,) = read_csv(tmp_path / "result.csv")
-    assert row["dropout.recurrent.kind"] == cfg.dropout.recurrent.kind.value
-    assert row["dropout.recurrent.mask"] == cfg.dropout.recurrent.mask.value
+    assert row["dropout.recurrent.kind"] == cfg.dropout.recurrent.kind
+    assert row["dropout.recurrent.mask"] == cfg.dropout.recurrent.mask
 
 
 def test_mc_dropout_evaluation_reports_beside_the_standard_figures(tmp_path):

@@ -28,7 +28,6 @@ from rnnlm.config import (
     OptimConfig,
     Optimizer,
     RecurrentDropoutConfig,
-    RecurrentKind,
     RunConfig,
     TrainerConfig,
 )
@@ -37,7 +36,7 @@ from rnnlm.model import AWDLSTM
 from rnnlm.training import Trainer
 
 VOCAB = 23
-NO_DROPOUT = DropoutConfig(0.0, 0.0, 0.0, 0.0, True, RecurrentDropoutConfig(RecurrentKind.none, 0.0))
+NO_DROPOUT = DropoutConfig(0.0, 0.0, 0.0, 0.0, True, RecurrentDropoutConfig("none", 0.0))
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -12,6 +12,7 @@ import torch
 from helpers import RNNLM, config_options, read_rows, rnnlm_env, run_rnnlm, start_rnnlm, tiny
 
 from rnnlm.cli import main as rnnlm_main
+from rnnlm.dropout import registered_schemes
 from rnnlm.results import write_csv
 from rnnlm.training import CheckpointError, load_checkpoint, save_checkpoint
 
@@ -51,8 +52,9 @@ def reference(tmp_path_factory):
 BAD_INPUT = [
     (["dropout.output=1.5"], "dropout.output=1.5 is outside [0, 1)"),
     (["dropout.recurrent.rate=-0.1"], "dropout.recurrent.rate=-0.1 is outside [0, 1)"),
-    (["dropout.recurrent.kind=gal"], "expected one of [none, weight_drop, variational"),
-    (["dropout.recurrent.mask=diagonal"], "dropout.recurrent.mask=diagonal: Invalid value 'diagonal'"),
+    (["dropout.recurrent.kind=gal"], "dropout.recurrent.kind=gal is not a recurrent dropout scheme; "
+     f"choose one of: {', '.join(registered_schemes())}"),
+    (["dropout.recurrent.mask=diagonal"], "dropout.recurrent.mask=diagonal does not go with dropout.recurrent.kind="),
     (["dropout.recurrent.kind=variational", "dropout.recurrent.mask=row"],
      "dropout.recurrent.mask=row does not go with dropout.recurrent.kind=variational; choose one of: tied, untied"),
     (["dropout.recurrent.kind=none"], "dropout.recurrent.rate=0.5 has no effect with dropout.recurrent.kind=none"),

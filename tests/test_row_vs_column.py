@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rnnlm.dropout import WeightDropLSTM
-from rnnlm.dropout.step_lstm import StepLSTM, StepMasks
+from rnnlm.dropout import StepLSTM
 
 T, B, I, H, P = 6, 3, 5, 4, 0.5
 
@@ -32,18 +32,17 @@ def keep(shape, zero_at):
 def test_column_weight_drop_equals_tied_mask_on_h_shared_by_the_batch(pair):
     wd, step, x = pair
     column = keep((1, 1, H), (..., 1))  # unit 1 sends nothing back
-    expected, _ = step(x, masks=StepMasks(h=column.view(1, H).expand(B, H)))
+    expected, _ = step(x, masks=dict(h=column.view(1, H).expand(B, H)))
     got, _ = wd(x, mask=column)
     assert torch.allclose(got, expected, atol=1e-5)
 
 
 def test_gate_column_weight_drop_equals_untied_masks(pair):
     wd, step, x = pair
-    wd.mask = "gate_column"
-    step.mask = "untied"
+    wd.mask = "gate_column"  # the step layer takes the per-gate (4, B, H) mask as given
     gates = torch.ones(4, 1, H) / (1 - P)
     gates[0, 0, 1] = gates[2, 0, 3] = gates[3, 0, 0] = 0.0  # a different column per gate
-    expected, _ = step(x, masks=StepMasks(h=gates.expand(4, B, H)))
+    expected, _ = step(x, masks=dict(h=gates.expand(4, B, H)))
     got, _ = wd(x, mask=gates)
     assert torch.allclose(got, expected, atol=1e-5)
 

@@ -2,7 +2,8 @@
 
 Checked against ``nn.LSTM`` (no dropout), against hand-computed cases of each paper's
 definition, and the fused loop against ``plain_lstm``, the defining equations written one
-gate at a time in plain PyTorch (values and gradients).
+gate at a time in plain PyTorch (values and gradients). The schemes come from the registry,
+so a new step scheme is checked by the generic tests here without being listed.
 """
 
 from __future__ import annotations
@@ -11,33 +12,31 @@ import pytest
 import torch
 from torch import nn
 
-from rnnlm.dropout.step_lstm import StepLSTM, StepMasks, _dense, _StepLSTMFunction, plain_lstm
+from rnnlm.dropout import StepLSTM, StepScheme, get_scheme, plain_lstm, registered_schemes
+from rnnlm.dropout.fused_lstm import _dense, fused_lstm
 
 T, B, I, H = 6, 4, 5, 7
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-VARIANTS = [  # (kind, mask)
-    ("variational", "tied"),
-    ("variational", "untied"),
-    ("variational", "untied_x"),  # Gal's LM code: per-gate masks on x_t too
-    ("semeniuta", "sequence"),
-    ("semeniuta", "step"),
-    ("zoneout", "step"),
-]
+STEP_SCHEMES = {name: s for name, s in registered_schemes().items() if issubclass(s, StepScheme)}
+VARIANTS = [(name, mask) for name, s in STEP_SCHEMES.items() for mask in s.masks] + [
+    (name, f"{mask}_x") for name, s in STEP_SCHEMES.items() for mask in s.per_gate_input_masks
+]  # (kind, mask); "<mask>_x": with per-gate input masks (Gal's LM code: per-gate masks on x_t)
+FUSABLE = [(kind, mask) for kind, mask in VARIANTS if STEP_SCHEMES[kind].fusable]
 
 
 def make(kind="variational", mask="tied", rate=0.5, cell_rate=0.0, dtype=torch.float32,
          seed=0, i=I, h=H):
     torch.manual_seed(seed)
-    if kind != "zoneout":
+    if not get_scheme(kind).uses_cell_rate:
         cell_rate = 0.0
     elif cell_rate == 0.0:
         cell_rate = 0.3
     input_rate = 0.0
-    if mask == "untied_x":  # per-gate input masks at the recurrent rate
-        mask, input_rate = "untied", rate
+    if mask.endswith("_x"):  # per-gate input masks at the recurrent rate
+        mask, input_rate = mask[:-2], rate
     return StepLSTM(i, h, kind, rate, mask, cell_rate=cell_rate, input_rate=input_rate).to(dtype)
 
 
@@ -49,9 +48,10 @@ def inputs(dtype=torch.float32, seed=1, t=T, b=B, i=I, h=H):
     return x, h0, c0
 
 
-def reference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, masks: StepMasks = StepMasks()):
-    """The defining equations, gate by gate, in plain PyTorch: ``plain_lstm``."""
-    return plain_lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, masks)
+def reference(m, x, h0, c0, masks=None):
+    """The defining equations of ``m``'s scheme, gate by gate, in plain PyTorch: ``plain_lstm``
+    with ``m``'s weights; ``h0``/``c0`` (B, H)."""
+    return plain_lstm(x, h0, c0, *m.parameters(), m.scheme, masks or {})
 
 
 def run(model, x, h0, c0, **kw):
@@ -79,7 +79,6 @@ def assert_all_close(a, b, atol=1e-5, rtol=1e-5):
 
 @pytest.mark.parametrize("with_hx", [False, True])
 @pytest.mark.parametrize("kind,mask,path", [
-    ("none", "tied", "auto"),  # fused kernel
     ("variational", "tied", "auto"),  # rate 0: fused kernel
     ("semeniuta", "step", "auto"),
     ("zoneout", "step", "auto"),
@@ -100,15 +99,15 @@ def test_rate_zero_equals_nn_lstm(kind, mask, path, with_hx):
     hx = (h0, c0) if with_hx else None
     kw = {}
     if path == "loop":
-        kw["masks"] = StepMasks()
+        kw["masks"] = {}
     elif path == "ones":
         one = torch.ones(B, H)
         kw["masks"] = {
-            "tied": StepMasks(h=one),
-            "untied": StepMasks(h=torch.ones(4, B, H)),
-            "sequence": StepMasks(g=one),
-            "step": StepMasks(g=torch.ones(T, B, H)) if kind == "semeniuta" else
-            StepMasks(zone_h=torch.zeros(T, B, H), zone_c=torch.zeros(T, B, H)),
+            "tied": dict(h=one),
+            "untied": dict(h=torch.ones(4, B, H)),
+            "sequence": dict(g=one),
+            "step": dict(g=torch.ones(T, B, H)) if kind == "semeniuta" else
+            dict(zone_h=torch.zeros(T, B, H), zone_c=torch.zeros(T, B, H)),
         }[mask]
     wrt = [x, *lstm.parameters()] + ([h0, c0] if with_hx else [])
     wrt_step = [x, *step.parameters()] + ([h0, c0] if with_hx else [])
@@ -139,17 +138,23 @@ def test_parameters_and_init_match_nn_lstm():
 # --------------------------------------------------------------------------- masks
 
 
-@pytest.mark.parametrize("kind,mask", VARIANTS)
+MASK_SHAPES = {  # (kind, mask) -> its masks' shapes for (T, B, H) = (T, 32, 64), as each paper defines them
+    ("variational", "tied"): {"h": (32, 64)},  # per sequence, one for all gates
+    ("variational", "untied"): {"h": (4, 32, 64)},  # per sequence, one per gate
+    ("variational", "untied_x"): {"h": (4, 32, 64), "x": (4, 32, I)},  # + per gate on x_t
+    ("semeniuta", "sequence"): {"g": (32, 64)},
+    ("semeniuta", "step"): {"g": (T, 32, 64)},
+    ("zoneout", "step"): {"zone_h": (T, 32, 64), "zone_c": (T, 32, 64)},
+}
+
+
+@pytest.mark.parametrize("kind,mask", list(MASK_SHAPES))
 def test_mask_values_and_shapes(kind, mask):
     p = 0.4
     m = make(kind, mask, rate=p, cell_rate=0.25, h=64)
     masks = m.sample_masks(T, 32)
-    shapes = {"tied": (32, 64), "untied": (4, 32, 64), "untied_x": (4, 32, 64), "sequence": (32, 64),
-              "step": (T, 32, 64)}
-    for name, value in masks._asdict().items():
-        if value is None:
-            continue
-        assert value.shape == ((4, 32, I) if name == "x" else shapes[mask]), name
+    assert {name: tuple(v.shape) for name, v in masks.items()} == MASK_SHAPES[kind, mask]
+    for name, value in masks.items():
         if kind == "zoneout":  # {0, 1}, 1 = keep the previous value, no rescaling
             assert set(value.unique().tolist()) <= {0.0, 1.0}
             z = 0.4 if name == "zone_h" else 0.25
@@ -158,9 +163,6 @@ def test_mask_values_and_shapes(kind, mask):
             vals = value.unique()
             assert torch.allclose(vals, torch.tensor([0.0, 1 / (1 - p)])), vals
             assert abs((value == 0).float().mean().item() - p) < 0.05
-    used = [k for k, v in masks._asdict().items() if v is not None]
-    expected = {"variational": ["h"], "semeniuta": ["g"], "zoneout": ["zone_h", "zone_c"]}[kind]
-    assert used == (["h", "x"] if mask == "untied_x" else expected)
 
 
 @pytest.mark.parametrize("kind,mask", VARIANTS)
@@ -173,7 +175,7 @@ def test_forward_uses_sample_masks(kind, mask):
     torch.manual_seed(7)
     got = run(m, x, h0, c0)
     injected = run(m, x, h0, c0, masks=masks)
-    ref = reference(x, h0[0], c0[0], *m.parameters(), masks)
+    ref = reference(m, x, h0[0], c0[0], masks)
     assert_all_close(got, injected, atol=0, rtol=0)
     assert_all_close(got, ref)
 
@@ -193,29 +195,27 @@ def test_masks_differ_across_the_batch(kind, mask):
     x = torch.randn(T, 1, I).expand(T, B, I).contiguous()
     out, _ = m(x)
     assert not torch.allclose(out[:, 0], out[:, 1])
-    masks = m.sample_masks(T, B)
-    for v in masks:
-        if v is not None:
-            assert not torch.equal(v.select(-2, 0), v.select(-2, 1))
+    for v in m.sample_masks(T, B).values():
+        assert not torch.equal(v.select(-2, 0), v.select(-2, 1))
 
 
 def test_variational_mask_constant_over_time():
     """A Gal mask has no time axis: the same (B, H) mask multiplies h_{t-1} at every step,
     so a sequence whose mask keeps nothing sees no recurrence at any step."""
     m = make("variational", "tied").train()
-    assert m.sample_masks(T, B).h.shape == (B, H)
+    assert m.sample_masks(T, B)["h"].shape == (B, H)
     x, h0, c0 = inputs()
-    zero = StepMasks(h=torch.zeros(B, H))
+    zero = dict(h=torch.zeros(B, H))
     no_recurrence = m.state_dict()
     no_recurrence["weight_hh_l0"] = torch.zeros(4 * H, H)
     m2 = make("variational", "tied")
     m2.load_state_dict(no_recurrence)
-    assert_all_close(run(m, x, h0, c0, masks=zero), run(m2, x, h0, c0, masks=StepMasks()))
+    assert_all_close(run(m, x, h0, c0, masks=zero), run(m2, x, h0, c0, masks={}))
 
 
 def test_semeniuta_step_masks_change_over_time_sequence_masks_do_not():
-    step = make("semeniuta", "step").sample_masks(T, B).g
-    seq = make("semeniuta", "sequence").sample_masks(T, B).g
+    step = make("semeniuta", "step").sample_masks(T, B)["g"]
+    seq = make("semeniuta", "sequence").sample_masks(T, B)["g"]
     assert step.shape == (T, B, H) and not torch.equal(step[0], step[1])
     assert seq.shape == (B, H)
 
@@ -225,21 +225,21 @@ def test_tied_is_one_mask_for_all_gates_untied_one_per_gate():
     tied, untied = make("variational", "tied"), make("variational", "untied")
     untied.load_state_dict(tied.state_dict())
     x, h0, c0 = inputs()
-    mt = tied.sample_masks(T, B).h  # (B, H)
-    mu = untied.sample_masks(T, B).h  # (4, B, H)
+    mt = tied.sample_masks(T, B)["h"]  # (B, H)
+    mu = untied.sample_masks(T, B)["h"]  # (4, B, H)
     assert mt.shape == (B, H) and mu.shape == (4, B, H)
     assert all(not torch.equal(mu[a], mu[b]) for a in range(4) for b in range(a + 1, 4))
     # untied with four copies of the tied mask is the tied LSTM
-    assert_all_close(run(untied, x, h0, c0, masks=StepMasks(h=mt.expand(4, B, H))),
-                     run(tied, x, h0, c0, masks=StepMasks(h=mt)))
+    assert_all_close(run(untied, x, h0, c0, masks=dict(h=mt.expand(4, B, H))),
+                     run(tied, x, h0, c0, masks=dict(h=mt)))
     # each gate sees its own mask: the reference with per-gate masks
-    assert_all_close(run(untied, x, h0, c0, masks=StepMasks(h=mu)),
-                     reference(x, h0[0], c0[0], *untied.parameters(), StepMasks(h=mu)))
+    assert_all_close(run(untied, x, h0, c0, masks=dict(h=mu)),
+                     reference(untied, x, h0[0], c0[0], dict(h=mu)))
     # and changing the mask of one gate only changes the result
     mu2 = mu.clone()
     mu2[2] = 2.0 - mu2[2]
-    assert not torch.allclose(run(untied, x, h0, c0, masks=StepMasks(h=mu))[0],
-                              run(untied, x, h0, c0, masks=StepMasks(h=mu2))[0])
+    assert not torch.allclose(run(untied, x, h0, c0, masks=dict(h=mu))[0],
+                              run(untied, x, h0, c0, masks=dict(h=mu2))[0])
 
 
 @pytest.mark.parametrize("mask", ["sequence", "step"])
@@ -248,7 +248,7 @@ def test_semeniuta_never_drops_the_previous_cell(mask):
     m = make("semeniuta", mask, dtype=torch.float64)
     x, h0, c0 = inputs(torch.float64, t=1)
     shape = (B, H) if mask == "sequence" else (1, B, H)
-    _, h1, c1 = run(m, x, h0, c0, masks=StepMasks(g=torch.zeros(shape, dtype=torch.float64)))
+    _, h1, c1 = run(m, x, h0, c0, masks=dict(g=torch.zeros(shape, dtype=torch.float64)))
     w_ih, w_hh, b_ih, b_hh = m.parameters()
     gates = x[0] @ w_ih.T + h0[0] @ w_hh.T + b_ih + b_hh
     f = gates[:, H:2 * H].sigmoid()
@@ -261,7 +261,7 @@ def test_zoneout_keep_all_freezes_the_state():
     m = make("zoneout", "step")
     x, h0, c0 = inputs()
     ones = torch.ones(T, B, H)
-    out, h, c = run(m, x, h0, c0, masks=StepMasks(zone_h=ones, zone_c=ones))
+    out, h, c = run(m, x, h0, c0, masks=dict(zone_h=ones, zone_c=ones))
     assert torch.equal(out, h0.expand(T, B, H)) and torch.equal(c, c0[0])
 
 
@@ -275,10 +275,10 @@ def test_eval_is_deterministic_and_mask_free(kind, mask):
     a, b = run(m, x, h0, c0), run(m, x, h0, c0)
     assert_all_close(a, b, atol=0, rtol=0)
     if kind == "zoneout":  # eval is the expectation h_t = z*h_{t-1} + (1-z)*h~_t (same for c)
-        z = StepMasks(zone_h=torch.full((T, B, H), m.rate), zone_c=torch.full((T, B, H), m.cell_rate))
-        expected = reference(x, h0[0], c0[0], *m.parameters(), z)
+        z = dict(zone_h=torch.full((T, B, H), m.scheme.rate), zone_c=torch.full((T, B, H), m.scheme.cell_rate))
+        expected = reference(m, x, h0[0], c0[0], z)
     else:
-        expected = reference(x, h0[0], c0[0], *m.parameters())
+        expected = reference(m, x, h0[0], c0[0], m.expected_masks(T, B))
     assert_all_close(a, expected)
 
 
@@ -318,7 +318,7 @@ def test_state_dict_round_trips_across_train_eval(kind, mask):
 
 def test_masks_follow_dtype_and_default_state_is_zeros():
     m = make("variational", "untied", dtype=torch.float64)
-    assert m.sample_masks(T, B).h.dtype == torch.float64
+    assert m.sample_masks(T, B)["h"].dtype == torch.float64
     x, _, _ = inputs(torch.float64)
     masks = m.sample_masks(T, B)
     zeros = torch.zeros(1, B, H, dtype=torch.float64)
@@ -347,16 +347,16 @@ def test_invalid_configurations_raise(kind, mask, rate, cell_rate):
 # --------------------------------------------------------------------------- backward
 
 
-@pytest.mark.parametrize("kind,mask,mode", [(k, m, "train") for k, m in VARIANTS]
-                         + [("zoneout", "step", "eval"), ("none", "tied", "train")])
+@pytest.mark.parametrize("kind,mask,mode", [(k, m, "train") for k, m in FUSABLE]
+                         + [("zoneout", "step", "eval"), ("variational", "tied", "no masks")])
 def test_hand_written_backward_gradcheck(kind, mask, mode):
     m = make(kind, mask, dtype=torch.float64, i=3, h=4)
-    masks = m.sample_masks(3, 2) if mode == "train" else m.expected_masks(3, 2)
+    masks = {"train": m.sample_masks, "eval": m.expected_masks, "no masks": lambda T, B: {}}[mode](3, 2)
     x, h0, c0 = inputs(torch.float64, t=3, b=2, i=3, h=4)
     params = [p.detach().clone().requires_grad_() for p in m.parameters()]
 
     def f(x, h0, c0, *w):
-        return _StepLSTMFunction.apply(x, h0, c0, *w, *masks)
+        return fused_lstm(x, h0, c0, *w, masks)
 
     assert torch.autograd.gradcheck(f, (x, h0[0], c0[0], *params))
 
@@ -371,8 +371,8 @@ def test_float32_loop_gradients_match_the_float64_reference(kind, mask):
     m64 = make(kind, mask, h=48, i=24, dtype=torch.float64)
     m64.load_state_dict(m.state_dict())
     d = [t.detach().double().requires_grad_() for t in (x, h0, c0)]
-    masks64 = StepMasks(*[None if v is None else v.double() for v in masks])
-    want = grads_of(lambda: reference(d[0], d[1][0], d[2][0], *m64.parameters(), masks64),
+    masks64 = {k: v.double() for k, v in masks.items()}
+    want = grads_of(lambda: reference(m64, d[0], d[1][0], d[2][0], masks64),
                     [*d, *m64.parameters()])
     assert_all_close(got, [w.float() for w in want], atol=1e-4, rtol=1e-4)
 
@@ -397,17 +397,17 @@ def test_gemm_operands_are_row_or_column_major():
 
 def test_backend_probe_does_not_consume_the_global_rng():
     """Resumed runs must draw the same masks as uninterrupted ones."""
-    from rnnlm.dropout import step_lstm
+    import rnnlm.dropout.fused_lstm as fused
 
     torch.manual_seed(0)
     expected = torch.rand(3)
     torch.manual_seed(0)
-    step_lstm._onednn_linear_available.cache_clear()
-    step_lstm._onednn_linear_available()
+    fused._onednn_linear_available.cache_clear()
+    fused._onednn_linear_available()
     assert torch.equal(torch.rand(3), expected)
 
 
-@pytest.mark.parametrize("kind,mask", VARIANTS)
+@pytest.mark.parametrize("kind,mask", FUSABLE)
 def test_fused_loop_equals_the_plain_path_values_and_gradients(kind, mask):
     """The hand-written loop is an optimisation of plain_lstm: a module with fused=False
     gives the same outputs and the same gradients for every parameter and input."""

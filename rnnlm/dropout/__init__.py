@@ -1,22 +1,29 @@
-"""Every dropout of the literature as a small module; docs/dropout.md tabulates them."""
+"""Every dropout of the literature as a small module; docs/dropout.md tabulates them.
+
+Recurrent dropouts are schemes (``dropout.recurrent.kind``), one module each in
+:mod:`rnnlm.dropout.schemes`; :func:`recurrent_layer` builds the layer a config names.
+"""
 
 from .base import StochasticModule, bernoulli_mask, mc_pass, set_mc_dropout
 from .embedding import EmbeddingDropout
+from .scheme import RecurrentScheme, get_scheme, recurrent_layer, registered_schemes
 from .sequence import SequenceDropout
-from .step_lstm import StepLSTM, StepMasks, plain_lstm
-from .weight_drop import WeightDropLSTM
-from .recurrent import recurrent_layer
+from .step_lstm import StepLSTM, StepScheme, plain_lstm
+from .schemes.weight_drop import WeightDropLSTM
 
 __all__ = [
     "EmbeddingDropout",
+    "RecurrentScheme",
     "SequenceDropout",
     "StepLSTM",
-    "StepMasks",
+    "StepScheme",
     "StochasticModule",
     "WeightDropLSTM",
     "bernoulli_mask",
+    "get_scheme",
     "mc_pass",
     "plain_lstm",
     "recurrent_layer",
+    "registered_schemes",
     "set_mc_dropout",
 ]

@@ -30,34 +30,42 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from ..config import VALID_MASKS, RecurrentKind
-from .base import StochasticModule, bernoulli_mask
+from ..base import StochasticModule, bernoulli_mask
+from ..scheme import RecurrentScheme
 
-MASKS = tuple(m.value for m in VALID_MASKS[RecurrentKind.weight_drop])  # declared once, in config
+# Each mask as a shape that broadcasts against W_hh viewed as (4, H, H): gate, row, column.
+MASK_SHAPES = {
+    "element": lambda H: (4, H, H),
+    "row": lambda H: (4, H, 1),
+    "column": lambda H: (1, 1, H),
+    "gate_column": lambda H: (4, 1, H),
+}
+
+
+class WeightDrop(RecurrentScheme):
+    name = "weight_drop"
+    masks = tuple(MASK_SHAPES)
+
+    @classmethod
+    def build(cls, input_size: int, hidden_size: int, rate: float, mask: str, cell_rate: float = 0.0,
+              input_rate: float = 0.0) -> "WeightDropLSTM":
+        return WeightDropLSTM(input_size, hidden_size, rate, mask)
 
 
 class WeightDropLSTM(StochasticModule):
     """A one-layer LSTM ``(T, B, I) -> (T, B, H)`` with DropConnect on ``weight_hh_l0``."""
 
     def __init__(self, input_size: int, hidden_size: int, p: float, mask: str = "element") -> None:
+        WeightDrop.validate(p, mask)
         super().__init__()
-        if mask not in MASKS:
-            raise ValueError(f"WeightDrop mask must be one of {MASKS}, got {mask!r}")
         self.lstm = nn.LSTM(input_size, hidden_size)
         self.p = p
         self.mask = mask
 
     def sample_mask(self) -> torch.Tensor:
         """A mask that broadcasts against W_hh viewed as (4, H, H); values in {0, 1/(1-p)}."""
-        w = self.lstm.weight_hh_l0
-        H = self.lstm.hidden_size
-        shape = {
-            "element": (4, H, H),
-            "row": (4, H, 1),
-            "column": (1, 1, H),
-            "gate_column": (4, 1, H),
-        }[self.mask]
-        return bernoulli_mask(shape, self.p, w)
+        shape = MASK_SHAPES[self.mask](self.lstm.hidden_size)
+        return bernoulli_mask(shape, self.p, self.lstm.weight_hh_l0)
 
     def dropped_weight(self, mask: torch.Tensor) -> torch.Tensor:
         """W_hh * mask as a (4H, H) tensor, differentiable w.r.t. the raw weight."""
