@@ -1,8 +1,7 @@
 """``rnnlm summary``: find runs, aggregate them over seeds, tabulate and plot.
 
-- ``runs``: find run directories and load them into one DataFrame; filters.
-- ``tables``: grouping, mean/std per setting, best by validation, formatting.
-- ``eval_metrics``: perplexities of ``rnnlm eval`` (eval.csv) as metrics.
+- ``runs``: find run directories and load them into one DataFrame; filters; eval.csv pairs.
+- ``tables``: metrics, grouping, mean/std per setting, best by validation, formatting.
 - ``plots``: perplexity-vs-rate and learning-curve figures.
 - ``cli``: ``main(argv)``, the ``rnnlm summary`` command.
 """

@@ -15,14 +15,15 @@ from pathlib import Path
 import pandas as pd
 
 from ..atomic import atomic_write_text
-from . import eval_metrics, tables
+from . import tables
 from .runs import RunsError, check_keys, filter_runs, load_runs
 from .tables import Metric
 
 PROG = "rnnlm summary"
 GROUPING_HELP = textwrap.fill(
-    f"grouping: by default, the config keys that differ between runs, except {', '.join(tables.BOOKKEEPING_KEYS)}. "
-    "Numeric keys are rates; the others define a variant (best by validation is per variant).", width=74)
+    f"grouping: by default, the config keys that differ between runs, except "
+    f"{', '.join(tables.BOOKKEEPING_KEYS)}. Numeric keys are rates; the others define a variant "
+    "(best by validation is per variant).", width=74)
 EPILOG = f"""\
 metrics: a metric names a validation/test pair; the group with the lowest
 MEAN validation value is "best" and its test value is reported, never
@@ -31,7 +32,7 @@ best_val_loss/test_loss, mc_ppl = mc_val_ppl/mc_test_ppl; naming either
 column selects its pair (e.g. --metric mc_test_ppl selects on mc_val_ppl).
 From `rnnlm eval` rows (RUN_DIR/eval.csv): pointer_ppl, dynamic_ppl,
 standard_ppl, mc_eval_ppl (<method>_val_ppl/<method>_test_ppl; see
-rnnlm/summary/eval_metrics.py for which rows are used).
+rnnlm/summary/runs.py for which rows are used).
 n counts completed runs having the validation value.
 
 {GROUPING_HELP}
@@ -57,11 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("dirs", nargs="+", metavar="DIR", help="directories searched recursively for runs")
     parser.add_argument("--format", choices=tables.FORMATS, default="markdown",
                         help="stdout format (default: markdown)")
-    parser.add_argument("--metric", choices=tables.METRIC_NAMES + eval_metrics.METRIC_NAMES, default="ppl",
-                        metavar="NAME", help="pair to aggregate and select on: ppl (default), loss, mc_ppl, "
-                        "an rnnlm eval method's pointer_ppl, dynamic_ppl, ..., or one of their columns")
-    parser.add_argument("--group-by", nargs="+", metavar="KEY",
-                        help="group by these keys instead of the ones that differ (give DIRs before this option)")
+    parser.add_argument("--metric", choices=list(tables.METRIC_OF), default="ppl", metavar="NAME",
+                        help="pair to aggregate and select on: ppl (default), loss, mc_ppl, an rnnlm eval "
+                        "method's pointer_ppl, dynamic_ppl, ..., or one of their columns")
+    parser.add_argument("--group-by", nargs="+", metavar="KEY", help="group by these keys instead of the "
+                        "ones that differ (give DIRs before this option)")
     parser.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
                         help="keep runs whose KEY equals VALUE (repeatable)")
     parser.add_argument("--plot", action="store_true", help="also write PNG figures next to summary.csv")
@@ -71,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _tables(summary: pd.DataFrame, best: pd.DataFrame, metrics: list[Metric], fmt: str) -> str:
     caption = (f"best by validation: lowest mean {metrics[0].val_stem} per variant "
                f"({metrics[0].test} reported at that setting)")
-    return (tables.format_table(summary, metrics, fmt) + "\n" + tables.heading(caption, fmt) + "\n"
-            + tables.format_table(best, metrics, fmt))
+    prefix = {"markdown": "### ", "csv": "# ", "latex": "% "}[fmt]  # a heading in markdown, else a comment
+    summary_text, best_text = (tables.format_table(table, metrics, fmt) for table in (summary, best))
+    return f"{summary_text}\n{prefix}{caption}\n\n{best_text}"
 
 
 def _left_out(left: pd.DataFrame, total: int) -> str:
@@ -81,7 +83,8 @@ def _left_out(left: pd.DataFrame, total: int) -> str:
         return ""
     counts = ", ".join(f"{n} {status}" for status, n in left["status"].value_counts().sort_index().items())
     lines = [f"{len(left)} of {total} runs not summarised ({counts}):"]
-    lines += [f"  {r.status:<11} {r.run_dir}" + (f"  ({r.note})" if r.note else "") for r in left.itertuples()]
+    lines += [f"  {r.status:<11} {r.run_dir}" + (f"  ({r.note})" if r.note else "")
+              for r in left.itertuples()]
     return "\n".join(lines) + "\n"
 
 
@@ -108,7 +111,8 @@ def _plot(summary: pd.DataFrame, best: pd.DataFrame, runs: pd.DataFrame, variant
                                        out_dir / f"{metric.name}_vs_rate.png", dataset))
     else:
         print(f"{PROG}: no numeric grouping key, so no {metric.name}_vs_rate.png", file=sys.stderr)
-    curves = plots.plot_curves(runs, best, variant_keys, rate_keys, metric, out_dir / "learning_curves.png", dataset)
+    curves = plots.plot_curves(runs, best, variant_keys, rate_keys, metric, out_dir / "learning_curves.png",
+                               dataset)
     if curves is None:
         print(f"{PROG}: no metrics.csv with {metric.curve}, so no learning_curves.png", file=sys.stderr)
     return written + ([curves] if curves else [])
@@ -121,16 +125,14 @@ def _run(args: argparse.Namespace) -> int:
     if frame.empty:
         print(f"{PROG}: no runs match {' '.join('--filter ' + f for f in args.filter)}", file=sys.stderr)
         return 1
-    metric = eval_metrics.resolve(args.metric) or tables.resolve_metric(args.metric)
-    if metric in eval_metrics.EVAL_METRICS:
-        frame = eval_metrics.add_eval_columns(frame, metric)
-    used = tables.usable(frame, metric)
-    left = tables.not_summarised(frame, used, metric)
+    metric = tables.METRIC_OF[args.metric]
+    frame = tables.with_metrics(frame, metric)
+    used, left = tables.select_runs(frame, metric)
     if not used.any():
         sys.stderr.write(_left_out(left, len(frame)))
         print(f"{PROG}: no completed runs with {metric.val} below {', '.join(args.dirs)}", file=sys.stderr)
         return 1
-    variant_keys, rate_keys = tables.split_keys(frame, args.group_by or tables.grouping_keys(frame, config_keys))
+    variant_keys, rate_keys = tables.split_keys(frame, config_keys, args.group_by)
     metrics = tables.reported_metrics(frame[used], metric)
     summary = tables.summarise(frame, used, variant_keys + rate_keys, metrics)
     best = tables.best_by_validation(summary, variant_keys, metric)
@@ -152,11 +154,9 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``rnnlm summary``; returns the exit status."""
     try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exit_:
+        return _run(build_parser().parse_args(argv))
+    except SystemExit as exit_:  # from argparse: --help, or a bad option (status 2)
         return int(exit_.code or 0)
-    try:
-        return _run(args)
     except (RunsError, OSError) as err:  # OSError: e.g. the first DIR is read-only
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2 if isinstance(err, RunsError) else 1

@@ -1,4 +1,4 @@
-"""Figures for ``rnnlm summary --plot``.
+"""Figures for ``rnnlm summary --plot``: metric vs rate, and learning curves.
 
 Uses matplotlib's object API (``Figure`` renders with the Agg canvas), so no
 pyplot state or GUI backend is involved. One panel per dataset; a variant keeps
@@ -22,6 +22,7 @@ from .tables import Metric, text
 
 DATASET_KEY = "dataset.name"
 PANEL_WIDTH, PANEL_HEIGHT, LEGEND_WIDTH, MIN_WIDTH = 5.0, 3.6, 3.6, 6.5  # inches
+STAR = {"marker": "*", "markerfacecolor": "none", "linestyle": "none"}  # the best-by-validation mark
 
 
 def labels(table: pd.DataFrame, keys: list[str]) -> pd.Series:
@@ -87,7 +88,8 @@ def plot_rate(
     shown = shown.assign(line=labels(shown, line_keys), best=labels(shown, variant_keys + rate_keys).isin(
         labels(best, variant_keys + rate_keys))).sort_values(x_key)
     colours, panels = _colours(shown["line"]), _panels(shown, variant_keys, dataset)
-    fig = Figure(figsize=(PANEL_WIDTH * len(panels) + LEGEND_WIDTH, PANEL_HEIGHT * 2 + 0.6), layout="constrained")
+    fig = Figure(figsize=(PANEL_WIDTH * len(panels) + LEGEND_WIDTH, PANEL_HEIGHT * 2 + 0.6),
+                 layout="constrained")
     axes = fig.subplots(2, len(panels), squeeze=False, sharex=True)
     for row, (split, (stem, _)) in enumerate(zip(("validation", "test"), metric.columns)):
         for ax, (name, rows) in zip(axes[row], panels):
@@ -95,14 +97,12 @@ def plot_rate(
                 ax.errorbar(line[x_key], line[f"{stem}_mean"], yerr=line[f"{stem}_std"].fillna(0), marker="o",
                             markersize=4, capsize=3, color=colours[label], label=label)
                 chosen = line[line["best"]]
-                ax.plot(chosen[x_key], chosen[f"{stem}_mean"], marker="*", markersize=14, markerfacecolor="none",
-                        color=colours[label], linestyle="none")
+                ax.plot(chosen[x_key], chosen[f"{stem}_mean"], color=colours[label], markersize=14, **STAR)
             _finish(ax, log=metric.name != "loss")
             ax.set(title=f"{name}: {split}" if name else split, xlabel=x_key if row else "",
                    ylabel=f"{split} {metric.label}")
     handles = {label: h for ax in axes.flat for h, label in zip(*ax.get_legend_handles_labels())}
-    handles["best by validation"] = Line2D([], [], marker="*", markersize=12, markerfacecolor="none", color="0.2",
-                                           linestyle="none")
+    handles["best by validation"] = Line2D([], [], color="0.2", markersize=12, **STAR)
     fig.legend(handles.values(), handles, loc="outside right center", fontsize="small", frameon=False)
     fig.suptitle(f"{metric.label} vs {x_key}\nmean ± std over seeds")
     return _save(fig, path)
@@ -147,8 +147,8 @@ def plot_curves(
     Returns None when no run of a best setting has a usable metrics.csv.
     """
     keys = variant_keys + rate_keys
-    best = best.assign(setting=labels(best, keys), line=labels(best, [k for k in variant_keys if k != DATASET_KEY]),
-                       rates=labels(best, rate_keys))
+    best = best.assign(setting=labels(best, keys), rates=labels(best, rate_keys),
+                       line=labels(best, [k for k in variant_keys if k != DATASET_KEY]))
     runs = runs.assign(setting=labels(runs, keys))
     stats = curve_stats(runs[runs["setting"].isin(best["setting"])], metric.curve)
     if stats.empty:
@@ -167,11 +167,12 @@ def plot_curves(
             ax.plot(curve["epoch"], curve["mean"], color=colours[row.line], label=label, linewidth=1.5,
                     marker="o" if len(curve) <= 30 else None, markersize=3)
             band = curve["std"].fillna(0)
-            ax.fill_between(curve["epoch"], curve["mean"] - band, curve["mean"] + band, color=colours[row.line],
-                            alpha=0.2, linewidth=0)
+            ax.fill_between(curve["epoch"], curve["mean"] - band, curve["mean"] + band,
+                            color=colours[row.line], alpha=0.2, linewidth=0)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         _finish(ax, log=is_ppl, top_ratio=2 if is_ppl else None)
-        ax.set(title=name, xlabel="epoch", ylabel="validation perplexity" if is_ppl else "validation loss (nats/token)")
+        ax.set(title=name, xlabel="epoch",
+               ylabel="validation perplexity" if is_ppl else "validation loss (nats/token)")
         if ax.has_data():
             ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize="small", frameon=False)
     capped = "; y axis capped at 2× the lowest value" if is_ppl else ""

@@ -1,4 +1,4 @@
-"""Find run directories and load them into a DataFrame (one row per run).
+"""Find run directories and load them into a DataFrame (one row per run); filters; eval.csv.
 
 A run directory is any directory holding ``.hydra/config.yaml``, the one source of a
 run's settings. Its row has ``run_dir`` (where it was found), ``status`` and ``note``,
@@ -7,7 +7,8 @@ every flattened config key (``dropout.recurrent.kind``, ...) and the outcome col
 that share a name with a config key or ``run_dir`` are renamed ``result.<name>``
 (``result.device``: the device used where the config may say ``auto``;
 ``result.run_dir``: where the run was written). A run without a readable result.csv
-counts as ``failed`` and ``note`` says why.
+counts as ``failed`` and ``note`` says why. :func:`eval_pair` reads the perplexities
+that ``rnnlm eval`` wrote to ``eval.csv``.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class Runs(NamedTuple):
 def find_run_dirs(root: Path) -> list[Path]:
     """Every directory below ``root`` (itself included) with ``.hydra/config.yaml``, in natural order."""
     found = {p.parent.parent for p in root.rglob(str(CONFIG_FILE)) if p.is_file()}
-    return sorted(found, key=lambda p: [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", str(p))])
+    return sorted(found, key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(p))])
 
 
 def load_config(run_dir: Path) -> dict[str, Any]:
@@ -77,8 +78,10 @@ def _record(run_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         note = f"unreadable result.csv ({type(err).__name__})"
     status = "failed" if note else result.pop("status", None)
-    record = {"run_dir": str(run_dir), "status": "unknown" if is_missing(status) else str(status), "note": note}
-    outcome = {f"result.{k}" if k in config or k in record else k: v for k, v in result.items() if k not in COPIED}
+    record = {"run_dir": str(run_dir), "status": "unknown" if is_missing(status) else str(status),
+              "note": note}
+    outcome = {f"result.{k}" if k in config or k in record else k: v
+               for k, v in result.items() if k not in COPIED}
     return {**record, **config, **outcome}
 
 
@@ -145,3 +148,31 @@ def filter_runs(frame: pd.DataFrame, filters: Iterable[str]) -> pd.DataFrame:
     for key, values in wanted.items():
         keep &= frame[key].map(lambda v: any(matches(v, text) for text in values)).astype(bool)
     return frame[keep]
+
+
+def eval_pair(run_dir: str | Path, method: str) -> tuple[float | None, float | None]:
+    """(valid, test) perplexity of ``method`` from the rows of ``run_dir/eval.csv`` (``rnnlm eval``).
+
+    - test: the latest ``split=test`` row of the method;
+    - valid: the latest ``split=valid`` row with the same setting (checkpoint and method
+      parameters, :data:`rnnlm.evaluation.rows.SETTING_KEYS`) as that test row, or the
+      latest valid row when the method has no test row.
+
+    So after a tuning grid on validation and one test run at the chosen setting
+    (``scripts/tune_eval.py``), both describe that setting. None where there is no such row.
+    """
+    from ..evaluation.rows import SETTING_KEYS  # imported late: the summary need not load torch
+
+    try:
+        rows = pd.read_csv(Path(run_dir) / "eval.csv", dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return None, None
+    if "method" not in rows or "split" not in rows:
+        return None, None
+    rows = rows[rows["method"] == method]
+    tests, valids = rows[rows["split"] == "test"], rows[rows["split"] == "valid"]
+    if len(tests):
+        keys = [k for k in SETTING_KEYS[method] if k in rows]
+        valids = valids[(valids[keys] == tests[keys].iloc[-1]).all(axis=1)]
+    return tuple(pd.to_numeric(split["ppl"].iloc[-1], errors="coerce") if len(split) and "ppl" in split
+                 else None for split in (valids, tests))

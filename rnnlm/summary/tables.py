@@ -1,4 +1,4 @@
-"""Group runs, aggregate over seeds, pick the best setting by validation, format.
+"""Metrics; group runs, aggregate over seeds, pick the best setting by validation, format.
 
 Grouping keys are, unless given, the config keys whose values differ between
 runs, except BOOKKEEPING_KEYS (settings that do not define an experiment).
@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
-from .runs import is_missing
+from .runs import eval_pair, is_missing
 
 # Config keys that never define an experiment, so never auto-group: the seed is
 # what we average over; the rest only say where/how a run was executed.
@@ -29,7 +29,9 @@ class Metric(NamedTuple):
     """A validation/test pair of run columns: select on ``val``, report ``test`` at that choice.
 
     The summary names its columns ``<stem>_mean`` and ``<stem>_std`` (``best_val_ppl`` ->
-    ``val_ppl``); ``curve`` is the metrics.csv column of the learning curves.
+    ``val_ppl``); ``curve`` is the metrics.csv column of the learning curves. A pair with a
+    ``method`` is filled from the run's ``rnnlm eval`` rows (:func:`.runs.eval_pair`); a run
+    without them is left out of the statistics like a run without a validation value.
     """
 
     name: str
@@ -38,6 +40,7 @@ class Metric(NamedTuple):
     label: str
     curve: str = "val_ppl"
     digits: int = 2
+    method: str = ""
 
     @property
     def val_stem(self) -> str:
@@ -49,46 +52,51 @@ class Metric(NamedTuple):
         return (self.val_stem, self.val), (self.test, self.test)
 
 
-PPL = Metric("ppl", "best_val_ppl", "test_ppl", "perplexity")
-LOSS = Metric("loss", "best_val_loss", "test_loss", "loss (nats/token)", "val_loss", 4)
-MC_PPL = Metric("mc_ppl", "mc_val_ppl", "mc_test_ppl", "MC-dropout perplexity")
-METRICS = (PPL, LOSS, MC_PPL)
-METRIC_NAMES = tuple(dict.fromkeys(n for m in METRICS for n in (m.name, m.val, m.test, m.val_stem)))
+EVAL_LABELS = {"standard": "perplexity (rnnlm eval)", "mc_eval": "MC-dropout perplexity (rnnlm eval)",
+               "pointer": "perplexity with cache pointer", "dynamic": "perplexity with dynamic evaluation"}
+METRICS = (
+    Metric("ppl", "best_val_ppl", "test_ppl", "perplexity"),
+    Metric("loss", "best_val_loss", "test_loss", "loss (nats/token)", "val_loss", 4),
+    Metric("mc_ppl", "mc_val_ppl", "mc_test_ppl", "MC-dropout perplexity"),
+    # ``mc_eval``: eval.csv's method ``mc``, as ``mc_ppl`` already names result.csv's MC pair
+    *(Metric(f"{p}_ppl", f"{p}_val_ppl", f"{p}_test_ppl", label, method=p.removesuffix("_eval"))
+      for p, label in EVAL_LABELS.items()),
+)
+PPL, LOSS, MC_PPL = METRICS[:3]
+# --metric NAME: a pair's name or either of its columns (``val_ppl`` too) -> the pair
+METRIC_OF = {n: m for m in METRICS for n in (m.name, m.val, m.test, m.val_stem)}
 
 
-def resolve_metric(name: str) -> Metric:
-    """The pair that ``name`` (pair name or either column of it) belongs to."""
-    return next(m for m in METRICS if name in (m.name, m.val, m.test, m.val_stem))
+def with_metrics(frame: pd.DataFrame, metric: Metric) -> pd.DataFrame:
+    """``frame`` with every metric column as numbers (NaN where missing or not a number); an
+    ``rnnlm eval`` pair is first filled from each run's eval.csv."""
+    if metric.method:
+        pairs = [eval_pair(d, metric.method) for d in frame["run_dir"]]
+        frame = frame.assign(**{metric.val: [v for v, _ in pairs], metric.test: [t for _, t in pairs]})
+    columns = dict.fromkeys(c for m in METRICS for _, c in m.columns)
+    return frame.assign(**{c: pd.to_numeric(frame[c], errors="coerce") if c in frame else np.nan
+                           for c in columns})
 
 
-def values(frame: pd.DataFrame, column: str) -> pd.Series:
-    """``column`` as numbers (NaN where missing or not a number)."""
-    return pd.to_numeric(frame[column], errors="coerce") if column in frame else pd.Series(np.nan, frame.index)
+def select_runs(frame: pd.DataFrame, metric: Metric) -> tuple[pd.Series, pd.DataFrame]:
+    """(used, left): which runs enter the statistics (completed and with a validation value),
+    and status, run_dir and note of every run left out."""
+    used = (frame["status"] == "completed") & frame[metric.val].notna()
+    left = frame.loc[~used, ["status", "run_dir", "note"]]
+    note = left["note"].mask(left["status"] == "completed", f"no {metric.val}")
+    return used, left.assign(note=note).reset_index(drop=True)
 
 
 def reported_metrics(frame: pd.DataFrame, metric: Metric) -> list[Metric]:
     """The selected pair, then the other perplexity pairs that any run reports."""
-    return [metric, *(m for m in (PPL, MC_PPL) if m != metric and values(frame, m.val).notna().any())]
+    return [metric, *(m for m in (PPL, MC_PPL) if m != metric and frame[m.val].notna().any())]
 
 
-def usable(frame: pd.DataFrame, metric: Metric) -> pd.Series:
-    """Runs that enter the statistics: completed and with a validation value."""
-    return (frame["status"] == "completed") & values(frame, metric.val).notna()
-
-
-def not_summarised(frame: pd.DataFrame, used: pd.Series, metric: Metric) -> pd.DataFrame:
-    """status, run_dir and note of every run left out of the statistics."""
-    left = frame.loc[~used, ["status", "run_dir", "note"]]
-    return left.assign(note=left["note"].mask(left["status"] == "completed", f"no {metric.val}")).reset_index(drop=True)
-
-
-def grouping_keys(frame: pd.DataFrame, candidates: Iterable[str]) -> list[str]:
-    """Candidates (minus bookkeeping) that take more than one value across runs."""
-    return [k for k in candidates if k in frame and k not in BOOKKEEPING_KEYS and frame[k].astype(str).nunique() > 1]
-
-
-def split_keys(frame: pd.DataFrame, keys: Iterable[str]) -> tuple[list[str], list[str]]:
-    """(variant keys, rate keys): rates are the numeric non-boolean keys."""
+def split_keys(frame: pd.DataFrame, config_keys: Iterable[str], group_by: list[str] | None):
+    """(variant keys, rate keys) of ``group_by`` or else of the config keys (minus bookkeeping)
+    that take more than one value across runs; rates are the numeric non-boolean keys."""
+    keys = group_by or [k for k in config_keys if k in frame and k not in BOOKKEEPING_KEYS
+                        and frame[k].astype(str).nunique() > 1]
     rates = [k for k in keys if is_numeric_dtype(frame[k]) and not is_bool_dtype(frame[k])]
     return [k for k in keys if k not in rates], rates
 
@@ -108,8 +116,9 @@ def _sort(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 def summarise(frame: pd.DataFrame, used: pd.Series, keys: list[str], metrics: list[Metric]) -> pd.DataFrame:
     """One row per group of ``frame`` (all runs, so a group without usable runs shows n=0);
     the statistics only use the runs where ``used`` is true."""
-    data = pd.DataFrame({col: values(frame, col).where(used) for m in metrics for _, col in m.columns})
-    stats = {f"{stem}_{stat}": (col, stat) for m in metrics for stem, col in m.columns for stat in ("mean", "std")}
+    data = frame[[col for m in metrics for _, col in m.columns]].where(used)
+    stats = {f"{stem}_{stat}": (col, stat) for m in metrics for stem, col in m.columns
+             for stat in ("mean", "std")}
     table = data.assign(n=used.astype(int)).groupby(_by(frame, keys), dropna=False, sort=False).agg(
         n=("n", "sum"), **stats)
     return _sort(table.reset_index(drop=not keys), keys)
@@ -127,9 +136,9 @@ def best_by_validation(summary: pd.DataFrame, variant_keys: list[str], metric: M
     return _sort(ranked.loc[best.to_numpy()], variant_keys)
 
 
-def text(value: Any, missing: str = "null") -> str:
+def text(value: Any) -> str:
     """A key's value as shown in tables and plot labels."""
-    return missing if is_missing(value) else f"{value:g}" if isinstance(value, float) else str(value)
+    return "null" if is_missing(value) else f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def format_table(table: pd.DataFrame, metrics: list[Metric], fmt: str) -> str:
@@ -137,17 +146,13 @@ def format_table(table: pd.DataFrame, metrics: list[Metric], fmt: str) -> str:
     decimals per metric and a dash for a missing statistic."""
     if fmt == "csv":
         return table.to_csv(index=False)
-    digits = {f"{stem}_{stat}": m.digits for m in metrics for stem, _ in m.columns for stat in ("mean", "std")}
-    shown = table.apply(lambda c: c.map(
-        lambda v: DASH[fmt] if is_missing(v) else f"{v:.{digits[c.name]}f}") if c.name in digits else c.map(text))
+    digits = {f"{stem}_{stat}": m.digits for m in metrics for stem, _ in m.columns
+              for stat in ("mean", "std")}
+    shown = table.apply(lambda c: c.map(lambda v: DASH[fmt] if is_missing(v) else f"{v:.{digits[c.name]}f}")
+                        if c.name in digits else c.map(text))
     keys = list(table.columns).index("n")  # key columns left-aligned, statistics right-aligned
     align = "l" * keys + "r" * (len(table.columns) - keys)
     if fmt == "markdown":
         colalign = ["left" if a == "l" else "right" for a in align]
         return shown.to_markdown(index=False, disable_numparse=True, colalign=colalign) + "\n"
     return shown.to_latex(index=False, escape=True, column_format=align)
-
-
-def heading(caption: str, fmt: str) -> str:
-    """A one-line caption in the syntax of ``fmt``."""
-    return {"markdown": "### ", "csv": "# ", "latex": "% "}[fmt] + caption + "\n"
