@@ -4,23 +4,24 @@ module in ``rnnlm.dropout.schemes`` and one YAML; the package ships every config
 A user's config directory (``--config-dir``) adds ``dataset/<name>.yaml``; the run reads
 the corpus from the directory that file names, and the result CSVs carry the new name. A
 scheme module placed on the path of ``rnnlm.dropout.schemes`` is found by name, validated,
-built, and trained through the CLI, with no other file changed.
+built, and trained by ``rnnlm train``, with no other file changed. The runs go through
+``rnnlm.cli.main`` in this process (test_train_cli.py covers the console script itself).
 """
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import read_rows, rnnlm_env, run_rnnlm
+from helpers import read_rows
 from tiny_corpus import write_split_files
 
 import rnnlm.dropout.scheme as scheme_registry
 import rnnlm.dropout.schemes as scheme_package
+from rnnlm.cli import main as rnnlm_main
 from rnnlm.config import ConfigError, RecurrentDropoutConfig
 from rnnlm.dropout import StepLSTM, get_scheme, mc_pass, recurrent_layer, registered_schemes
 
@@ -44,9 +45,8 @@ def test_a_new_dataset_is_one_yaml_in_a_user_config_dir(tmp_path):
         "test_batch_size: 2\n"
     )
     run_dir = tmp_path / "run"
-    done = run_rnnlm("train", "--config-dir", str(tmp_path / "my_configs"), "dataset=tinytext", *QUICK,
-                     f"hydra.run.dir={run_dir}", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
+    assert rnnlm_main(["train", "--config-dir", str(tmp_path / "my_configs"), "dataset=tinytext", *QUICK,
+                       f"hydra.run.dir={run_dir}"]) == 0
     (row,) = read_rows(run_dir / "result.csv")
     assert row["dataset.name"] == "tinytext" and row["status"] == "completed"
     assert int(row["eval_batch_size"]) == 2
@@ -61,9 +61,8 @@ def test_a_new_dataset_found_under_rnnlm_data_dir_by_its_dirname(tmp_path, monke
                                             "eval_batch_size: 2\ntest_batch_size: 2\n")
     run_dir = tmp_path / "run"
     monkeypatch.setenv("RNNLM_DATA_DIR", str(tmp_path / "data"))
-    done = run_rnnlm("train", "--config-dir", str(tmp_path / "my_configs"), "dataset=tiny_text", *QUICK,
-                     f"hydra.run.dir={run_dir}", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
+    assert rnnlm_main(["train", "--config-dir", str(tmp_path / "my_configs"), "dataset=tiny_text", *QUICK,
+                       f"hydra.run.dir={run_dir}"]) == 0
     (row,) = read_rows(run_dir / "result.csv")
     assert row["dataset.name"] == "tiny_text"
 
@@ -102,6 +101,7 @@ def cell_drop(tmp_path, monkeypatch):
     monkeypatch.setattr(scheme_registry, "_REGISTRY", dict(scheme_registry._REGISTRY))
     yield tmp_path / "extra_schemes"
     sys.modules.pop(f"{scheme_package.__name__}.cell_drop", None)
+    vars(scheme_package).pop("cell_drop", None)
 
 
 def test_a_new_scheme_module_is_found_validated_and_built(cell_drop):
@@ -138,14 +138,8 @@ def test_a_new_scheme_is_one_module_and_one_yaml_through_the_cli(cell_drop, tmp_
     configs.mkdir(parents=True)
     (configs / "cell_drop.yaml").write_text(CELL_DROP_YAML)
     run_dir = tmp_path / "run"
-    # The scheme module sits on the package path in the child process too.
-    launch = (f"import sys, rnnlm.dropout.schemes as s; s.__path__.append({str(cell_drop)!r}); "
-              "from rnnlm.cli import main; sys.exit(main())")
-    done = subprocess.run(
-        [sys.executable, "-c", launch, "train", "--config-dir", str(tmp_path / "my_configs"),
-         "dropout/recurrent=cell_drop", *QUICK, f"hydra.run.dir={run_dir}"],
-        cwd=tmp_path, env=rnnlm_env(tmp_path), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    assert rnnlm_main(["train", "--config-dir", str(tmp_path / "my_configs"), "dropout/recurrent=cell_drop",
+                       *QUICK, f"hydra.run.dir={run_dir}"]) == 0
     (row,) = read_rows(run_dir / "result.csv")
     assert (row["dropout.recurrent.kind"], row["dropout.recurrent.rate"]) == ("cell_drop", "0.3")
     assert row["status"] == "completed" and float(row["best_val_ppl"]) > 1

@@ -3,13 +3,12 @@
 import hashlib
 import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import RNNLM, config_options, read_rows, rnnlm_env, run_rnnlm, start_rnnlm, tiny
+from helpers import config_options, read_rows, run_rnnlm, start_rnnlm, tiny
 
 from rnnlm.cli import main as rnnlm_main
 from rnnlm.dropout import registered_schemes
@@ -42,10 +41,9 @@ def digest(directory: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """An uninterrupted run of BASE (seed 141)."""
-    cwd = tmp_path_factory.mktemp("reference")
-    proc = run_rnnlm("train", *BASE, "hydra.run.dir=run", cwd=cwd)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return cwd / "run"
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    assert rnnlm_main(["train", *BASE, f"hydra.run.dir={run_dir}"]) == 0
+    return run_dir
 
 
 # ------------------------------------------------------------------------ bad input
@@ -116,19 +114,20 @@ def test_missing_split_and_empty_corpus(split, tmp_path, capsys):
     assert not (tmp_path / "outputs").exists()
 
 
-def test_no_local_data_and_no_hub_says_how_to_point_at_files(tmp_path):
-    env = {**rnnlm_env(tmp_path), "RNNLM_DATA_DIR": str(tmp_path / "empty")}
-    proc = subprocess.run([RNNLM, "train", "experiment=smoke"], cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "dataset.path=DIR" in proc.stderr and "RNNLM_DATA_DIR" in proc.stderr
+def test_no_local_data_and_no_hub_says_how_to_point_at_files(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RNNLM_DATA_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("RNNLM_CACHE_DIR", str(tmp_path / ".cache"))
+    assert rnnlm_main(["train", "experiment=smoke"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "dataset.path=DIR" in err and "RNNLM_DATA_DIR" in err
     assert not (tmp_path / "outputs").exists()
 
 
 # ------------------------------------------------------------------------ divergence
-def test_divergence_stops_cleanly_with_status_diverged(tmp_path):
-    proc = run_rnnlm("train", *BASE, "optim.lr=1e12", "optim.clip=0", "hydra.run.dir=run", cwd=tmp_path)
-    assert proc.returncode == 1
-    assert "diverged" in proc.stderr and "Traceback" not in proc.stderr
+def test_divergence_stops_cleanly_with_status_diverged(tmp_path, capsys):
+    assert rnnlm_main(["train", *BASE, "optim.lr=1e12", "optim.clip=0", "hydra.run.dir=run"]) == 1
+    err = capsys.readouterr().err
+    assert "diverged" in err and "Traceback" not in err
     (result,) = read_rows(tmp_path / "run" / "result.csv")
     assert result["status"] == "diverged"
     assert result["test_ppl"] == "" and result["best_val_ppl"] == ""
@@ -136,8 +135,7 @@ def test_divergence_stops_cleanly_with_status_diverged(tmp_path):
 
 # ------------------------------------------------------- determinism and no overwrite
 def test_same_seed_same_metrics(reference, tmp_path):
-    proc = run_rnnlm("train", *BASE, "hydra.run.dir=again", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert rnnlm_main(["train", *BASE, "hydra.run.dir=again"]) == 0
     assert val_ppls(tmp_path / "again") == val_ppls(reference)
     assert read_rows(tmp_path / "again" / "result.csv")[0]["test_ppl"] == read_rows(reference / "result.csv")[0]["test_ppl"]
 
@@ -189,8 +187,7 @@ def test_sigterm_after_epoch_then_resume_matches_uninterrupted(reference, tmp_pa
     interrupted_rows = len(read_rows(run_dir / "metrics.csv"))
     assert interrupted_rows < 3
 
-    proc = run_rnnlm("train", f"resume={run_dir}", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert rnnlm_main(["train", f"resume={run_dir}"]) == 0  # in this process: only the stop needs another
     assert val_ppls(run_dir) == val_ppls(reference)  # no duplicated or missing rows
     assert [r["epoch"] for r in read_rows(run_dir / "metrics.csv")] == ["1", "2", "3"]
     (row,) = read_rows(run_dir / "result.csv")
@@ -210,8 +207,7 @@ def test_kill_9_leaves_readable_files_and_resume_continues(reference, tmp_path):
     assert read_rows(run_dir / "metrics.csv") and read_rows(run_dir / "result.csv")
     load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert not list(run_dir.rglob("*.tmp"))
-    proc = run_rnnlm("train", f"resume={run_dir}", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert rnnlm_main(["train", f"resume={run_dir}"]) == 0  # in this process: only the stop needs another
     assert val_ppls(run_dir) == val_ppls(reference)
 
 
