@@ -128,9 +128,16 @@ def train(
     training, ``interrupted_test`` for the final test alone. A failed write (no space, I/O
     error) leaves the previous file intact, records ``status=failed`` where it still can and
     raises :class:`~rnnlm.atomic.WriteError`; the run resumes from its last good checkpoint.
+
+    ``cfg.threads`` sets torch's CPU thread count for the run; the caller's count is restored
+    afterwards.
     """
-    with stop_on_signals() as stop:
-        return _train(cfg, run_dir, overrides, resume, stop)
+    threads = torch.get_num_threads()
+    try:
+        with stop_on_signals() as stop:
+            return _train(cfg, run_dir, overrides, resume, stop)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _train(

@@ -78,3 +78,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def root_logging_restored():
+    """In-process ``rnnlm train`` lets Hydra configure the root logger, whose console handler
+    binds the stream of that moment: pytest's capture of one test. Each test leaves the root
+    logger as it found it, so a later test never logs into a closed capture."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

@@ -1,6 +1,7 @@
 """Bad input, divergence, interruption and resume, atomic writes, determinism, no overwrite."""
 
 import hashlib
+import logging
 import shutil
 import signal
 import time
@@ -16,9 +17,11 @@ from rnnlm.results import write_csv
 from rnnlm.training import CheckpointError, load_checkpoint, save_checkpoint
 
 # A short but real run of the smoke model on the tiny corpus: 3 epochs of 150 steps of
-# 1 x 5 tokens, long enough (a few tenths of a second each) to interrupt one mid-way.
+# 1 x 5 tokens, long enough (a few tenths of a second each) to interrupt one mid-way. One
+# thread, so runs in this process and in a child compute bit-identical numbers (GEMM sums
+# depend on the thread count, and 450 steps at lr 20 turn that into different perplexities).
 BASE = ("experiment=smoke", "dataset.batch_size=1", "trainer.bptt=5", "trainer.max_epochs=3",
-        "trainer.max_batches=150", "trainer.progress=false")
+        "trainer.max_batches=150", "trainer.progress=false", "threads=1")
 
 
 @pytest.fixture(autouse=True)
@@ -140,6 +143,18 @@ def test_same_seed_same_metrics(reference, tmp_path):
     assert read_rows(tmp_path / "again" / "result.csv")[0]["test_ppl"] == read_rows(reference / "result.csv")[0]["test_ppl"]
 
 
+def test_a_run_leaves_the_callers_thread_count_alone(tmp_path):
+    """``threads=N`` is the run's own setting: rnnlm.cli.main in a notebook or a test
+    process gives torch's thread count back when the run ends."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert rnnlm_main(["train", *BASE, "trainer.max_epochs=1", "trainer.max_batches=2", "hydra.run.dir=t"]) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_a_new_run_never_overwrites_a_finished_run(reference, capsys):
     before = digest(reference)
     code = rnnlm_main(["train", *BASE, f"hydra.run.dir={reference}"])
@@ -187,7 +202,9 @@ def test_sigterm_after_epoch_then_resume_matches_uninterrupted(reference, tmp_pa
     interrupted_rows = len(read_rows(run_dir / "metrics.csv"))
     assert interrupted_rows < 3
 
+    handlers = logging.getLogger().handlers[:]
     assert rnnlm_main(["train", f"resume={run_dir}"]) == 0  # in this process: only the stop needs another
+    assert logging.getLogger().handlers == handlers  # its console and log-file handlers are gone again
     assert val_ppls(run_dir) == val_ppls(reference)  # no duplicated or missing rows
     assert [r["epoch"] for r in read_rows(run_dir / "metrics.csv")] == ["1", "2", "3"]
     (row,) = read_rows(run_dir / "result.csv")

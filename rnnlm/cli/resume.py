@@ -7,8 +7,6 @@ is rewritten and no new run directory appears.
 
 from __future__ import annotations
 
-import logging
-import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -22,18 +20,9 @@ from ..run import LAST, train
 from ..rundir import ClaimError, claim_stopped
 from ..training import CheckpointError
 from .errors import EXIT_INTERRUPTED, fail
+from .train import log_file
 
 BUDGET_KEYS = ("trainer.max_epochs", "trainer.max_minutes", "trainer.finetune_epochs", "trainer.progress", "device")
-
-
-def setup_logging(run_dir: Path) -> None:
-    """Console plus the run's own log file (appended), like Hydra's job logging."""
-    fmt = logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    root = logging.getLogger()
-    root.setLevel(logging.INFO)
-    for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(run_dir / "rnnlm_train.log")):
-        handler.setFormatter(fmt)
-        root.addHandler(handler)
 
 
 def load_saved_config(run_dir: Path, changes: list[str]) -> RunConfig:
@@ -70,8 +59,7 @@ def resume_command(argv: list[str]) -> int:
         claim = claim_stopped(run_dir)  # refused while the run is still going
     except ClaimError as exc:
         return fail(f"resume={run_dir}: {exc}")
-    with claim:
-        setup_logging(run_dir)
+    with claim, log_file(run_dir / "rnnlm_train.log", console=True):
         try:
             result = train(cfg, run_dir, overrides=[*saved_overrides, *changes], resume=True)
         except (ConfigError, DataError, CheckpointError) as exc:

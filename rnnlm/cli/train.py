@@ -259,17 +259,25 @@ def save_hydra_files(directory: Path, task_cfg: DictConfig, overrides: list[str]
 
 
 @contextlib.contextmanager
-def log_file(path: Path) -> Iterator[None]:
-    """The job's log file (appended), beside Hydra's console log, while the job runs."""
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+def log_file(path: Path, console: bool = False) -> Iterator[None]:
+    """The job's log file (appended) while the job runs, beside Hydra's console log, or with
+    ``console`` beside a console handler of its own (a resumed run, which Hydra does not
+    start); the root logger is as before afterwards."""
+    handlers = [logging.FileHandler(path)] + ([logging.StreamHandler(sys.stdout)] if console else [])
     root = logging.getLogger()
-    root.addHandler(handler)
+    level = root.level
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+        root.addHandler(handler)
+    if console:
+        root.setLevel(logging.INFO)
     try:
         yield
     finally:
-        root.removeHandler(handler)
-        handler.close()
+        for handler in handlers:
+            root.removeHandler(handler)
+            handler.close()
+        root.setLevel(level)
 
 
 def train_command(argv: list[str]) -> int:
