@@ -71,6 +71,8 @@ BAD_INPUT = [
      f"dataset.test_batch_size=100000 is too large for the {tiny().test.numel()}-token test split"),
     (["threads=0"], "threads=0 must be a positive number"),
     (["model.size=3"], "model.size is not a config key"),
+    (["+trainer.max_epoch=3"], "trainer.max_epoch is not a config key (a leading + adds keys that nothing reads)"),
+    (["+foo=1"], "foo is not a config key"),
     (["device=tpu"], "device=tpu is not a device"),
     (["dataset.path=/no/such/dir"], "dataset.path=/no/such/dir does not exist"),
     (["-m", "seed=1,x"], "seed=x: Value 'x' of type 'str' could not be converted to Integer"),

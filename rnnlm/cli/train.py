@@ -68,8 +68,26 @@ class JobFailed(Exception):
     """A run that stopped on a failed write; it can be resumed."""
 
 
+def unknown_keys(cfg: DictConfig, schema: DictConfig | None = None, prefix: str = "") -> list[str]:
+    """Keys of ``cfg`` that the RunConfig schema does not have. Hydra's ``+key=value`` adds
+    a key past the schema's checks, so a typo such as ``+trainer.max_epoch=3`` would
+    otherwise be carried along and never read."""
+    schema = OmegaConf.structured(RunConfig) if schema is None else schema
+    found = []
+    for key in cfg:
+        if key not in schema:
+            found.append(f"{prefix}{key}")
+        elif isinstance(schema[key], DictConfig) and isinstance(cfg[key], DictConfig):
+            found += unknown_keys(cfg[key], schema[key], f"{prefix}{key}.")
+    return found
+
+
 def to_run_config(cfg: DictConfig) -> RunConfig:
     """The validated dataclass of a composed config (runs every ``__post_init__`` check)."""
+    extra = unknown_keys(cfg)
+    if extra:
+        raise ConfigError(f"{extra[0]} is not a config key (a leading + adds keys that nothing reads); "
+                          f"see `rnnlm train --help` for the keys")
     return OmegaConf.to_object(cfg)  # type: ignore[return-value]
 
 
