@@ -200,3 +200,14 @@ def test_tuning_picks_on_validation_and_summary_reports_it(fresh, capsys):
     assert "val_ppl_mean" in table  # the training perplexities sit beside it
     assert rnnlm_main(["summary", str(fresh), "--metric", "dynamic_ppl"]) == 1  # no dynamic rows: nothing to report
     assert "no dynamic_val_ppl" in capsys.readouterr().err
+
+
+def test_threads_hold_for_the_command_only(fresh):
+    """``threads=N`` sets torch's thread count while ``rnnlm eval`` runs, not after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert rnnlm_main(["eval", str(fresh), "method=standard", "split=valid", "threads=1"]) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -232,6 +232,18 @@ def _line(row: dict[str, Any]) -> str:
 
 
 def eval_command(argv: list[str]) -> int:
+    """``rnnlm eval RUN_DIR [KEY=VALUE ...]``; returns the exit status. ``threads=N`` holds for
+    this command only: torch's thread count is restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        return _eval(argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _eval(argv: list[str]) -> int:
     if any(arg in ("-h", "--help") for arg in argv):
         print(USAGE, end="")
         return 0
@@ -241,9 +253,9 @@ def eval_command(argv: list[str]) -> int:
     run_dir, rest = Path(argv[0]), argv[1:]
     try:
         keys = parse_overrides(rest)
-        import torch
-
         if "threads" in keys:
+            import torch
+
             torch.set_num_threads(keys["threads"])
         run = load_run(run_dir, keys.get("checkpoint", "best"), keys.get("device", "auto"), keys.get("data"))
         plan = build_plan(run, keys)
