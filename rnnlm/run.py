@@ -20,7 +20,7 @@ import math
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -38,6 +38,19 @@ log = logging.getLogger(__name__)
 
 BEST = Path("checkpoints") / "best.pt"
 LAST = Path("checkpoints") / "last.pt"
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int | None) -> Iterator[None]:
+    """torch's CPU thread count set to ``n`` inside (None: left as it is); the caller's count
+    is restored afterwards, so a run or an evaluation in a notebook leaves it alone."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -132,20 +145,14 @@ def train(
     ``cfg.threads`` sets torch's CPU thread count for the run; the caller's count is restored
     afterwards.
     """
-    threads = torch.get_num_threads()
-    try:
-        with stop_on_signals() as stop:
-            return _train(cfg, run_dir, overrides, resume, stop)
-    finally:
-        torch.set_num_threads(threads)
+    with cpu_threads(cfg.threads), stop_on_signals() as stop:
+        return _train(cfg, run_dir, overrides, resume, stop)
 
 
 def _train(
     cfg: RunConfig, run_dir: Path, overrides: Sequence[str], resume: bool, stop: StopSignals
 ) -> dict[str, Any]:
     device = resolve_device(cfg.device)
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     corpus, model = build(cfg, device)
     files = RunFiles(run_dir, cfg, overrides, device)

@@ -11,7 +11,9 @@ from pathlib import Path
 
 from tiny_corpus import tiny_splits
 
+from rnnlm.config import DropoutConfig, ModelConfig
 from rnnlm.data import Corpus
+from rnnlm.model import AWDLSTM
 
 RNNLM = str(Path(sys.executable).parent / "rnnlm")
 
@@ -59,3 +61,11 @@ def config_options(group: str) -> list[str]:
 
     directory = Path(rnnlm.configs.__file__).parent / group
     return sorted(p.stem for p in directory.glob("*.yaml"))
+
+
+def tiny_lm(vocab: int, nhid: int, dropout: DropoutConfig | None = None, seed: int = 0) -> AWDLSTM:
+    """A 2-layer AWD-LSTM with 8-dim (tied) embeddings, initialised after torch.manual_seed(seed)."""
+    import torch
+
+    torch.manual_seed(seed)
+    return AWDLSTM(vocab, ModelConfig(emsize=8, nhid=nhid, nlayers=2), dropout or DropoutConfig())

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import tiny_lm
 
-from rnnlm.config import DropoutConfig, ModelConfig
 from rnnlm.data import get_batch
 from rnnlm.evaluation import dynamic as dyn
 from rnnlm.evaluation.dynamic import DynamicSettings, evaluate_dynamic, gradient_statistics
@@ -19,8 +19,7 @@ V = 25
 
 @pytest.fixture()
 def model() -> AWDLSTM:
-    torch.manual_seed(0)
-    return AWDLSTM(V, ModelConfig(emsize=8, nhid=10, nlayers=2), DropoutConfig()).eval()
+    return tiny_lm(V, nhid=10).eval()
 
 
 def stream(length: int, batch: int = 1, seed: int = 1) -> torch.Tensor:

@@ -4,8 +4,9 @@ import math
 
 import torch
 import torch.nn.functional as F
+from helpers import tiny_lm
 
-from rnnlm.config import DropoutConfig, ModelConfig, RecurrentDropoutConfig
+from rnnlm.config import DropoutConfig, RecurrentDropoutConfig
 from rnnlm.dropout import EmbeddingDropout, mc_pass
 from rnnlm.data import batchify
 from rnnlm.model import AWDLSTM
@@ -13,8 +14,7 @@ from rnnlm.training import evaluate, evaluate_mc, perplexity
 
 
 def model_with(dropout: DropoutConfig) -> AWDLSTM:
-    torch.manual_seed(0)
-    return AWDLSTM(30, ModelConfig(emsize=8, nhid=12, nlayers=2), dropout)
+    return tiny_lm(30, nhid=12, dropout=dropout)
 
 
 def test_evaluate_is_the_per_token_loss_of_one_long_pass():

@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
+from helpers import tiny_lm
 
-from rnnlm.config import DropoutConfig, ModelConfig
 from rnnlm.evaluation.pointer import PointerCache, PointerSettings, evaluate_pointer, pointer_log_probs
 from rnnlm.model import AWDLSTM
 from rnnlm.training import evaluate
@@ -17,8 +17,7 @@ V = 30
 
 @pytest.fixture(scope="module")
 def model() -> AWDLSTM:
-    torch.manual_seed(0)
-    return AWDLSTM(V, ModelConfig(emsize=8, nhid=12, nlayers=2), DropoutConfig()).eval()
+    return tiny_lm(V, nhid=12).eval()
 
 
 def stream(length: int, batch: int = 1, seed: int = 1) -> torch.Tensor:

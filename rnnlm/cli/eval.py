@@ -21,6 +21,7 @@ from ..evaluation.rows import METHODS, append_rows
 from ..evaluation.runner import Evaluator, McSettings, Plan, check_sizes, streams
 from ..evaluation.runs import RunError, load_run
 from ..results import read_csv
+from ..run import cpu_threads
 from .errors import fail
 
 # Defaults per dataset. Pointer: awd-lstm-lm README (pointer.py commands). Dynamic: the
@@ -232,18 +233,7 @@ def _line(row: dict[str, Any]) -> str:
 
 
 def eval_command(argv: list[str]) -> int:
-    """``rnnlm eval RUN_DIR [KEY=VALUE ...]``; returns the exit status. ``threads=N`` holds for
-    this command only: torch's thread count is restored afterwards."""
-    import torch
-
-    threads = torch.get_num_threads()
-    try:
-        return _eval(argv)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _eval(argv: list[str]) -> int:
+    """``rnnlm eval RUN_DIR [KEY=VALUE ...]``; returns the exit status."""
     if any(arg in ("-h", "--help") for arg in argv):
         print(USAGE, end="")
         return 0
@@ -253,10 +243,15 @@ def _eval(argv: list[str]) -> int:
     run_dir, rest = Path(argv[0]), argv[1:]
     try:
         keys = parse_overrides(rest)
-        if "threads" in keys:
-            import torch
+    except (UsageError, ValueError) as exc:
+        return fail(str(exc))
+    with cpu_threads(keys.get("threads")):  # for this command only
+        return _score(run_dir, rest, keys)
 
-            torch.set_num_threads(keys["threads"])
+
+def _score(run_dir: Path, rest: list[str], keys: dict[str, Any]) -> int:
+    """Load the run, score each method on each stream, append and print the rows."""
+    try:
         run = load_run(run_dir, keys.get("checkpoint", "best"), keys.get("device", "auto"), keys.get("data"))
         plan = build_plan(run, keys)
         data = streams(run, plan)

@@ -18,16 +18,18 @@ class Zoneout(StepScheme):
     uses_cell_rate = True
     fusable = True  # masks "zone_h" and "zone_c" of FusedMasks
 
+    def _rates(self) -> dict[str, float]:
+        """Each mask's keep probability z, for the masks that are on (h first, then c)."""
+        return {key: z for key, z in (("zone_h", self.rate), ("zone_c", self.cell_rate)) if z > 0}
+
     def sample(self, layer: StepLSTM, T: int, B: int) -> Masks:
         w, H = layer.weight_hh_l0, layer.hidden_size
-        rates = {"zone_h": self.rate, "zone_c": self.cell_rate}
-        return {key: w.new_empty(T, B, H).bernoulli_(z) for key, z in rates.items() if z > 0}
+        return {key: w.new_empty(T, B, H).bernoulli_(z) for key, z in self._rates().items()}
 
     def expected(self, layer: StepLSTM, T: int, B: int) -> Optional[Masks]:
         """The constant z as (T, B, H) views: the expectation of each unit."""
         w, H = layer.weight_hh_l0, layer.hidden_size
-        rates = {"zone_h": self.rate, "zone_c": self.cell_rate}
-        return {key: w.new_full((1, 1, H), z).expand(T, B, H) for key, z in rates.items() if z > 0}
+        return {key: w.new_full((1, 1, H), z).expand(T, B, H) for key, z in self._rates().items()}
 
     def next_state(self, h_prev, c_prev, h_new, c_new, masks, t):
         zh, zc = masks.get("zone_h"), masks.get("zone_c")
