@@ -67,6 +67,9 @@ class DatasetConfig:
     hub: HubConfig = field(default_factory=HubConfig)
     # Directory with train.txt/valid.txt/test.txt; None: $RNNLM_DATA_DIR, then the Hub.
     path: Optional[str] = None
+    # Train on the first N tokens of the training split (data-size studies, or a model that
+    # overfits within a small budget); None: all of it. Vocabulary, valid and test unchanged.
+    train_tokens: Optional[int] = None
     batch_size: int = 20
     eval_batch_size: int = 10
     test_batch_size: int = 1
@@ -79,6 +82,7 @@ class DatasetConfig:
                 f"dataset.name={self.name!r} must be a plain name (letters, digits, - _ .), e.g. wikitext103."
             )
         _check_positive("dataset.batch_size", self.batch_size)
+        _check_positive("dataset.train_tokens", self.train_tokens, allow_none=True)
         _check_positive("dataset.eval_batch_size", self.eval_batch_size)
         _check_positive("dataset.test_batch_size", self.test_batch_size)
 

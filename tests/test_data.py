@@ -9,6 +9,7 @@ import pytest
 import torch
 from helpers import config_options
 
+from rnnlm.config import DatasetConfig
 from rnnlm.data import (
     HUB_SPLITS,
     SPLITS,
@@ -19,6 +20,7 @@ from rnnlm.data import (
     corpus as corpus_module,
     get_batch,
     load_corpus,
+    load_dataset,
     load_hub_splits,
     sources,
     tokenize,
@@ -252,7 +254,25 @@ def test_load_corpus_through_hub_path_uses_cache(tmp_path, monkeypatch):
     assert_same(load_corpus(source), expected)
 
 
+def test_train_tokens_keeps_the_head_of_train_and_everything_else(tmp_path):
+    full = Corpus.from_lines(LINES)
+    cfg = DatasetConfig(path=str(write_dir(tmp_path / "files")), train_tokens=5)
+    head = load_dataset(cfg)
+    assert torch.equal(head.train, full.train[:5])
+    assert head.vocab.itos == full.vocab.itos  # words seen only later in train keep their ids
+    assert torch.equal(head.valid, full.valid) and torch.equal(head.test, full.test)
+    every = DatasetConfig(path=cfg.path, train_tokens=full.train.numel())
+    assert torch.equal(load_dataset(every).train, full.train)
+
+
 # --- errors ------------------------------------------------------------------------------
+
+
+def test_error_train_tokens_beyond_the_split(tmp_path):
+    n = Corpus.from_lines(LINES).train.numel()
+    cfg = DatasetConfig(path=str(write_dir(tmp_path / "files")), train_tokens=n + 1)
+    message = data_error(load_dataset, cfg)
+    assert f"dataset.train_tokens={n + 1} exceeds the {n} tokens" in message and f"at most {n}" in message
 
 
 def test_error_path_does_not_exist(tmp_path):

@@ -65,6 +65,8 @@ BAD_INPUT = [
     (["trainer.bptt=-5"], "trainer.bptt=-5 must be a positive number"),
     (["dataset.batch_size=0"], "dataset.batch_size=0 must be a positive number"),
     (["dataset.eval_batch_size=0"], "dataset.eval_batch_size=0 must be a positive number"),
+    (["dataset.train_tokens=0"], "dataset.train_tokens=0 must be a positive number"),
+    (["dataset.train_tokens=99999999"], f"dataset.train_tokens=99999999 exceeds the {tiny().train.numel()} tokens"),
     (["seed=abc"], "seed=abc: Value 'abc' of type 'str' could not be converted to Integer"),
     (["model.nhid=0"], "model.nhid=0 must be a positive number"),
     (["dataset.test_batch_size=100000"],

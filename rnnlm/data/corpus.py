@@ -60,6 +60,18 @@ class Corpus:
         ids = [[vocab.stoi[w] for w in tokens[s]] for s in SPLITS]
         return cls(vocab, *(torch.tensor(x, dtype=torch.long) for x in ids))
 
+    def head_of_train(self, tokens: int) -> Corpus:
+        """The same corpus with only the first ``tokens`` tokens of its training split.
+
+        The vocabulary, validation and test splits are unchanged, so perplexities stay
+        comparable across training-set sizes (a data-size study). ``tokens`` must be at least 2
+        and at most the split's length.
+        """
+        n = self.train.numel()
+        if not 2 <= tokens <= n:
+            raise ValueError(f"cannot keep {tokens} of the {n} training tokens")
+        return Corpus(self.vocab, self.train[:tokens], self.valid, self.test)
+
     @property
     def token_counts(self) -> dict[str, int]:
         """Tokens (``<eos>`` included) per split."""

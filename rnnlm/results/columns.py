@@ -22,6 +22,7 @@ METRICS_COLUMNS = (
 # Config keys copied into result.csv under their own names.
 SETTING_COLUMNS = (
     "dataset.name",
+    "dataset.train_tokens",  # empty: the whole training split
     "model.emsize",
     "model.nhid",
     "model.nlayers",
