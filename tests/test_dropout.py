@@ -47,6 +47,42 @@ def test_embedding_dropout_resampled_each_forward():
     assert not torch.equal(drop(tokens), drop(tokens))
 
 
+def test_per_sequence_word_dropout_ties_a_word_within_its_sequence_only():
+    """Gal's LM code (sample_noise): a word's mask is shared by its occurrences in one
+    sequence (column) of the segment and drawn independently for each sequence."""
+    torch.manual_seed(0)
+    emb = nn.Embedding(6, 4)
+    drop = EmbeddingDropout(emb, P, per_sequence=True).train()
+    tokens = torch.randint(0, 6, (40, 32))  # every word occurs many times in every column
+    ratio = drop(tokens) / emb(tokens)
+    assert torch.allclose(ratio, ratio[..., :1].expand_as(ratio))  # whole rows
+    factors = ratio[..., 0]  # (T, B)
+    assert set(torch.unique(factors).tolist()) <= {0.0, 1 / (1 - P)}
+    per_column = torch.full((32, 6), -1.0)  # the factor of word w in column b
+    for b in range(32):
+        for word in range(6):
+            values = torch.unique(factors[tokens[:, b] == word, b])
+            assert values.numel() == 1  # tied within the sequence
+            per_column[b, word] = values
+    for word in range(6):  # and not across sequences: both factors occur among the 32 columns
+        assert set(per_column[:, word].tolist()) == {0.0, 1 / (1 - P)}
+    assert not torch.equal(drop(tokens), drop(tokens))  # redrawn each forward
+    drop.eval()
+    assert torch.equal(drop(tokens), emb(tokens))
+
+
+def test_per_sequence_word_dropout_keeps_rate_and_gradient():
+    torch.manual_seed(2)
+    emb = nn.Embedding(500, 3)
+    drop = EmbeddingDropout(emb, 0.3, per_sequence=True).train()
+    tokens = torch.arange(500).repeat(2, 40)  # (2, 20000): every (column, word) pair ...
+    factors = (drop(tokens) / emb(tokens))[..., 0]
+    assert torch.equal(factors[0], factors[1])  # ... twice in its column, tied
+    assert abs((factors[0] == 0).float().mean().item() - 0.3) < 0.02  # dropped with probability p
+    drop(tokens).sum().backward()
+    assert emb.weight.grad.abs().sum() > 0
+
+
 # ---------------------------------------------------------- locked vs per-step dropout
 def test_locked_mask_constant_over_time_different_across_batch():
     torch.manual_seed(0)

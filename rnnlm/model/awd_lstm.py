@@ -5,6 +5,7 @@ Data flow, time-major::
 
     tokens (T, B)
       -> EmbeddingDropout (word types, p=dropout.embedding)     (T, B, E)
+         (per minibatch or per sequence: dropout.embedding_mask)
       -> SequenceDropout (dropout.input)                        (T, B, E)
       -> [recurrent layer l (+ its recurrent dropout)           (T, B, H_l)
           -> SequenceDropout (dropout.hidden) between layers] x L
@@ -24,7 +25,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ..config import DropoutConfig, ModelConfig
+from ..config import DropoutConfig, ModelConfig, WordMask
 from ..dropout import EmbeddingDropout, SequenceDropout, recurrent_layer
 
 Hidden = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: (h, c), each (1, B, H_l)
@@ -45,7 +46,8 @@ class AWDLSTM(nn.Module):
         E, H, L = model.emsize, model.nhid, model.nlayers
         self.sizes = [E] + [H] * (L - 1) + [E if model.tie_weights else H]  # layer widths
         self.encoder = nn.Embedding(vocab_size, E)
-        self.embedding_dropout = EmbeddingDropout(self.encoder, dropout.embedding)
+        self.embedding_dropout = EmbeddingDropout(
+            self.encoder, dropout.embedding, per_sequence=dropout.embedding_mask is WordMask.sequence)
         # Each layer's input rate: dropout.input for the first, dropout.hidden above. With
         # per-gate input masks (Gal untied) the layers draw them, so no shared mask here.
         input_rates = [dropout.input] + [dropout.hidden] * (L - 1)
