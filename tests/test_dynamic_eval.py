@@ -158,6 +158,28 @@ def test_gradient_statistics_are_rms_of_training_gradients(model):
         torch.testing.assert_close(rate, want / mean)
 
 
+@pytest.mark.parametrize("rows,batches", [(22, 4), (23, 5), (21, 4)])
+def test_gradient_statistics_walk_as_dynamiceval_py(model, rows, batches):
+    """gradstat's ``while i < L - 2``: segments start at 0, 5, ... below L - 2, so (L - 2) % 5
+    == 0 adds no one-row segment at L - 2."""
+    train = torch.randint(0, V, (rows, 2), generator=torch.Generator().manual_seed(1))
+    assert gradient_statistics(model, train, 5).batches == batches
+
+
+def test_unset_settings_are_derived_as_oldhyper(model, stats):
+    """dynamiceval.py --oldhyper from Krause et al.'s lr 0.002, lambda 0.02, epsilon 0.001:
+    lambda / (parameter tensors), lr and epsilon / sqrt(statistics batches)."""
+    n = len(list(model.parameters()))
+    got = DynamicSettings().resolved(stats)
+    assert stats.batches == 12 and len(stats.ms) == n
+    assert got.lr == pytest.approx(0.002 / 12 ** 0.5) and got.epsilon == pytest.approx(0.001 / 12 ** 0.5)
+    assert got.decay == pytest.approx(0.02 / n)
+    assert DynamicSettings(lr=1e-4).resolved(stats).lr == 1e-4  # a given value stays
+    assert DynamicSettings(rule="sgd", lr=0.1).resolved(None).decay == 0.0
+    with pytest.raises(ValueError):
+        DynamicSettings(rule="sgd").resolved(None)
+
+
 @pytest.mark.parametrize("bad", [dict(rule="adam"), dict(lr=-1.0), dict(decay=2.0), dict(epsilon=0.0)])
 def test_bad_settings_are_refused(bad):
     with pytest.raises(ValueError):

@@ -17,7 +17,7 @@ from helpers import RNNLM, read_rows
 from rnnlm.cli import main as rnnlm_main
 from rnnlm.data import Vocab
 from rnnlm.evaluation.rows import EVAL_COLUMNS
-from rnnlm.evaluation.runs import RunError, encode_text, use_asgd_average
+from rnnlm.evaluation.runs import RunError, encode_text, load_run, use_asgd_average
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,6 +65,10 @@ def test_every_method_agrees_with_training_and_only_eval_csv_is_written(fresh, c
     assert out.count("\n") == 8 and "pointer" in out
     row = by(rows, "dynamic", "test")
     assert row["dynamic.rule"] == "rms" and row["dynamic.stats_batches"] == "3" and row["bptt"] == "5"
+    # the values used: unset ones derived from the run's counts as dynamiceval.py --oldhyper
+    tensors = len(list(load_run(fresh, "best", "cpu").model.parameters()))
+    assert float(row["dynamic.decay"]) == pytest.approx(0.02 / tensors)
+    assert float(row["dynamic.epsilon"]) == pytest.approx(0.001 / 3 ** 0.5) and row["dynamic.lr"] == "0.0"
     assert row["pointer.window"] == "" and by(rows, "pointer", "test")["pointer.lambda"] == "0.0"
 
 

@@ -24,17 +24,10 @@ from ..results import read_csv
 from ..run import cpu_threads
 from .errors import fail
 
-# Defaults per dataset. Pointer: awd-lstm-lm README (pointer.py commands). Dynamic: the
-# AWD-LSTM settings of Krause et al. 2018 (lr 0.002, lambda 0.02, epsilon 0.001 with
-# dynamiceval.py --oldhyper), written in the paper's form that dynamiceval.py now uses:
-# lr and epsilon / sqrt(statistics batches: 1859 PTB, 4177 WT2), lambda / 14 tensors.
+# Pointer defaults per dataset: awd-lstm-lm README (pointer.py commands).
 POINTER_DEFAULTS = {
     "ptb": PointerSettings(window=500, theta=1.0, lambd=0.1),
     "wikitext2": PointerSettings(window=3785, theta=0.662, lambd=0.1279),
-}
-DYNAMIC_DEFAULTS = {
-    "ptb": DynamicSettings(lr=4.64e-5, decay=1.43e-3, epsilon=2.32e-5),
-    "wikitext2": DynamicSettings(lr=3.09e-5, decay=1.43e-3, epsilon=1.55e-5),
 }
 
 USAGE = """\
@@ -63,8 +56,9 @@ RUN_DIR/eval.csv and printed. Keys (default in brackets):
                          awd-lstm-lm), or from the second token on [full]
   dynamic.rule=rms|sgd   Krause et al.'s RMS rule, or SGD [rms]
   dynamic.lr=X dynamic.decay=X dynamic.epsilon=X
-                         [rms: PTB 4.64e-5 1.43e-3 2.32e-5, WT2 3.09e-5 1.43e-3
-                         1.55e-5 (Krause et al.); sgd: lr required, decay 0]
+                         [rms: Krause et al.'s 0.002 / sqrt(B), 0.02 / N, 0.001 /
+                         sqrt(B), B statistics batches, N parameter tensors, as
+                         dynamiceval.py --oldhyper; sgd: lr required, decay 0]
   dynamic.bptt=N         tokens per update [5]
   dynamic.stats_batches=N  training segments for the RMS statistics [all]
   dynamic.stats_batch_size=N [100]
@@ -197,16 +191,11 @@ def build_plan(run, keys: dict[str, Any]) -> Plan:
         lambd=keys.get("pointer.lambda", pointer.lambd), start=keys.get("pointer.start", pointer.start),
     )
     rule = keys.get("dynamic.rule", "rms")
-    if rule == "rms":
-        base = DYNAMIC_DEFAULTS.get(dataset, DynamicSettings())
-    else:
-        if "dynamic" in methods and "dynamic.lr" not in keys:
-            raise RunError("dynamic.rule=sgd needs dynamic.lr (the RMS rule's default does not suit plain SGD)")
-        base = DynamicSettings(rule="sgd", lr=0.0, decay=0.0)
-    dynamic = replace(
-        base, rule=rule, lr=keys.get("dynamic.lr", base.lr), decay=keys.get("dynamic.decay", base.decay),
-        epsilon=keys.get("dynamic.epsilon", base.epsilon),
-    )
+    if rule == "sgd" and "dynamic" in methods and "dynamic.lr" not in keys:
+        raise RunError("dynamic.rule=sgd needs dynamic.lr (the RMS rule's default does not suit plain SGD)")
+    # Unset values are derived from the gradient statistics when the method runs.
+    dynamic = DynamicSettings(rule=rule, lr=keys.get("dynamic.lr"), decay=keys.get("dynamic.decay"),
+                              epsilon=keys.get("dynamic.epsilon"))
     return Plan(
         methods=methods, splits=splits, file=Path(keys["file"]) if "file" in keys else None,
         batch_size=keys.get("batch_size"), bptt=keys.get("bptt"), mc=mc, pointer=pointer, dynamic=dynamic,

@@ -30,7 +30,7 @@ an update touching every weight, so short segments cost more per token.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -43,25 +43,54 @@ from .scoring import Score, ScoreAccumulator
 RULES = ("rms", "sgd")
 
 
+# Krause et al. 2018, AWD-LSTM on PTB and WT2: benkrause/dynamic-evaluation README,
+# `dynamiceval.py --lr 0.002 --lamb 0.02 --epsilon 0.001 --oldhyper`. --oldhyper turns them into
+# the form of the paper's equations, which the update below uses: lambda / (parameter
+# tensors), lr and epsilon / sqrt(statistics batches).
+OLDHYPER_LR = 0.002
+OLDHYPER_DECAY = 0.02
+OLDHYPER_EPSILON = 0.001
+
+
 @dataclass(frozen=True)
 class DynamicSettings:
-    """Update rule and its step size ``lr``, ``decay`` toward the trained weights, and the
-    RMS rule's ``epsilon``; defaults: benkrause/dynamic-evaluation (AWD-LSTM, PTB)."""
+    """Update rule and its step size ``lr``, ``decay`` toward the trained weights (lambda), and
+    the RMS rule's ``epsilon``. ``None`` is derived from the gradient statistics by
+    :meth:`resolved` (rms: as ``dynamiceval.py --oldhyper``; sgd: decay 0)."""
 
     rule: str = "rms"
-    lr: float = 5e-5
-    decay: float = 2e-3
-    epsilon: float = 2e-5
+    lr: Optional[float] = None
+    decay: Optional[float] = None
+    epsilon: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
             raise ValueError(f"dynamic.rule={self.rule} must be one of: {', '.join(RULES)}")
-        if not (math.isfinite(self.lr) and self.lr >= 0):
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr >= 0):
             raise ValueError(f"dynamic.lr={self.lr} must be a finite number >= 0, e.g. 5e-5 (0 = standard)")
-        if not 0.0 <= self.decay <= 1.0:
+        if self.decay is not None and not 0.0 <= self.decay <= 1.0:
             raise ValueError(f"dynamic.decay={self.decay} must be in [0, 1], e.g. 0.002")
-        if not (math.isfinite(self.epsilon) and self.epsilon > 0):
+        if self.epsilon is not None and not (math.isfinite(self.epsilon) and self.epsilon > 0):
             raise ValueError(f"dynamic.epsilon={self.epsilon} must be a positive number, e.g. 2e-5")
+
+    def resolved(self, stats: Optional["GradientStats"]) -> "DynamicSettings":
+        """Every value set. rms: ``lr = 0.002 / sqrt(batches)``, ``epsilon = 0.001 /
+        sqrt(batches)``, ``decay = 0.02 / tensors`` for what is unset, with the statistics'
+        own counts (``dynamiceval.py --oldhyper``; on PTB at batch 100 and bptt 5 that is 1859
+        batches and 14 tensors of AWD-LSTM: 4.64e-5, 2.32e-5, 1.43e-3). sgd: decay 0."""
+        if self.rule == "sgd":
+            if self.lr is None:
+                raise ValueError("dynamic.rule=sgd needs dynamic.lr (the RMS rule's default does not suit plain SGD)")
+            return replace(self, decay=self.decay or 0.0, epsilon=None)
+        if stats is None:
+            raise ValueError("dynamic.rule=rms needs gradient statistics from the training data")
+        root = math.sqrt(stats.batches)
+        return replace(
+            self,
+            lr=OLDHYPER_LR / root if self.lr is None else self.lr,
+            decay=OLDHYPER_DECAY / len(stats.ms) if self.decay is None else self.decay,
+            epsilon=OLDHYPER_EPSILON / root if self.epsilon is None else self.epsilon,
+        )
 
 
 @dataclass
@@ -83,6 +112,8 @@ def gradient_statistics(
 ) -> GradientStats:
     """RMS gradients of the mean segment loss over ``train (L, B)`` (masks off, state carried).
 
+    Segments of ``bptt`` rows start at 0, bptt, ... while the start is below L - 2, as
+    dynamiceval.py's ``gradstat`` loop (``while i < L - 1 - 1``): no one-row segment at L - 2.
     ``max_batches`` bounds the number of segments (their ``--max_batches``; None: all).
     """
     model.eval()
@@ -90,7 +121,7 @@ def gradient_statistics(
     squares = [torch.zeros_like(p) for p in params]
     hidden = model.init_hidden(train.size(1))
     batches = 0
-    for i in range(0, train.size(0) - 1, bptt):
+    for i in range(0, train.size(0) - 2, bptt):
         if max_batches is not None and batches >= max_batches:
             break
         inputs, targets = get_batch(train, i, bptt)
@@ -153,7 +184,7 @@ def evaluate_dynamic(
     model.eval()
     params = _parameters(model)
     theta0 = [p.detach().clone() for p in params]
-    update = _Update(params, theta0, settings, stats)
+    update = _Update(params, theta0, settings.resolved(stats), stats)
     hidden = model.init_hidden(data.size(1))
     acc = ScoreAccumulator(keep_token_losses)
     try:

@@ -156,10 +156,12 @@ class Evaluator:
         data = batchify(stream.ids, size, run.device)
         setup = 0.0
         stats = None
-        if method == "dynamic" and dynamic.rule == "rms":
-            fresh = self._stats is None
-            stats = self.gradient_stats()
-            setup = self.stats_seconds if fresh else 0.0
+        if method == "dynamic":
+            if dynamic.rule == "rms":
+                fresh = self._stats is None
+                stats = self.gradient_stats()
+                setup = self.stats_seconds if fresh else 0.0
+            dynamic = dynamic.resolved(stats)  # the values used, as eval.csv records them
         _sync(run.device)
         start = time.perf_counter()
         if method == "standard":
