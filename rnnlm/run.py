@@ -265,7 +265,7 @@ def final_test(trainer: Trainer, cfg: RunConfig, files: RunFiles, valid_data, te
         out: dict[str, Any] = {"test_loss": test_loss, "test_ppl": perplexity(test_loss)}
         k = cfg.eval.mc_samples
         if k > 0:
-            mc = dict(samples=k, seed=cfg.seed, word_dropout=cfg.eval.mc_word_dropout)
+            mc = dict(samples=k, columns=cfg.eval.mc_columns, seed=cfg.seed, word_dropout=cfg.eval.mc_word_dropout)
             out["mc_val_ppl"] = perplexity(evaluate_mc(model, valid_data, bptt, **mc))
             out["mc_test_ppl"] = perplexity(evaluate_mc(model, test_data, bptt, **mc))
     return out

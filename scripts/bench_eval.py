@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     methods = {"standard": lambda: evaluate(model, test, 70),
                "pointer": lambda: evaluate_pointer(model, test, 70, pointer)}
     if args.mc_samples > 0:
-        methods[f"mc K={args.mc_samples}"] = lambda: evaluate_mc(model, test, 70, samples=args.mc_samples, seed=0)
+        methods[f"mc K={args.mc_samples}"] = lambda: evaluate_mc(model, test, 70, samples=args.mc_samples, columns=1, seed=0)
     for n in (int(v) for v in args.dynamic_bptt.split(",") if v.strip()):
         methods[f"dynamic bptt {n}"] = lambda n=n: evaluate_dynamic(model, short, n, dynamic, stats)
 

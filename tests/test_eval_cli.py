@@ -82,6 +82,7 @@ def test_defaults_reproduce_the_training_time_figures(fresh, capsys):
     assert float(by(rows, "mc", "valid")["ppl"]) == pytest.approx(float(result["mc_val_ppl"]), rel=1e-9)
     assert float(by(rows, "mc", "test")["ppl"]) == pytest.approx(float(result["mc_test_ppl"]), rel=1e-9)
     assert by(rows, "mc", "test")["mc.samples"] == "2" and by(rows, "mc", "test")["mc.seed"] == "3"
+    assert by(rows, "mc", "test")["mc.columns"] == "20"
     assert by(rows, "standard", "valid")["batch_size"] == "5" and by(rows, "standard", "test")["batch_size"] == "2"
 
 

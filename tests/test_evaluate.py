@@ -29,13 +29,13 @@ def test_mc_equals_standard_without_dropout_and_masks_go_back_off():
     none = DropoutConfig(0.0, 0.0, 0.0, 0.0, True, RecurrentDropoutConfig("none", 0.0))
     model = model_with(none)
     data = batchify(torch.randint(0, 30, (200,)), 4)
-    assert math.isclose(evaluate_mc(model, data, 10, samples=3), evaluate(model, data, 10), rel_tol=1e-5)
+    assert math.isclose(evaluate_mc(model, data, 10, samples=3, columns=2), evaluate(model, data, 10), rel_tol=1e-5)
 
 
 def test_mc_averages_probabilities_not_losses():
     model = model_with(DropoutConfig(0.3, 0.3, 0.3, 0.3))
     data = batchify(torch.randint(0, 30, (200,)), 4)
-    mc = evaluate_mc(model, data, 10, samples=4, seed=1)
+    mc = evaluate_mc(model, data, 10, samples=4, columns=2, seed=1)
     assert math.isfinite(mc) and mc != evaluate(model, data, 10)
     assert not any(getattr(m, "mc", False) for m in model.modules())  # switched off again
     a, b = evaluate(model, data, 10), evaluate(model, data, 10)
@@ -52,8 +52,8 @@ def test_mc_of_a_model_with_only_word_dropout_is_the_deterministic_loss():
     none = RecurrentDropoutConfig("none", 0.0)
     model = model_with(DropoutConfig(0.5, 0.0, 0.0, 0.0, True, none))
     data = batchify(torch.randint(0, 30, (200,)), 4)
-    assert math.isclose(evaluate_mc(model, data, 10, samples=3), evaluate(model, data, 10), rel_tol=1e-6)
-    assert evaluate_mc(model, data, 10, samples=3, word_dropout=True) != evaluate(model, data, 10)
+    assert math.isclose(evaluate_mc(model, data, 10, samples=3, columns=2), evaluate(model, data, 10), rel_tol=1e-6)
+    assert evaluate_mc(model, data, 10, samples=3, columns=3, word_dropout=True) != evaluate(model, data, 10)
 
 
 def test_mc_loss_is_minus_log_mean_probability_over_passes_of_fixed_masks():
@@ -71,17 +71,39 @@ def test_mc_loss_is_minus_log_mean_probability_over_passes_of_fixed_masks():
                 out = model(data[:-1], model.init_hidden(3))
             probs.append(out.logits.softmax(-1).gather(-1, data[1:].unsqueeze(-1)).squeeze(-1))
     by_hand = -torch.stack(probs).mean(0).log().mean().item()
-    assert math.isclose(evaluate_mc(model, data, 7, samples=K, seed=seed), by_hand, rel_tol=1e-5)
+    assert math.isclose(evaluate_mc(model, data, 7, samples=K, columns=1, seed=seed), by_hand, rel_tol=1e-5)
     # and it is not the mean of the per-pass losses (Jensen)
     mean_loss = -torch.stack(probs).log().mean().item()
     assert by_hand < mean_loss
 
 
+def test_mc_counts_samples_per_token_over_columns_and_passes():
+    """Gal's run_MC_test: the stream copied into columns read side by side, each copy with its
+    own masks, passes repeated until every token has S predictions. S = 5 with 2 columns is
+    passes of 2, 2 and 1 copies; by hand, each pass one forward over the copied stream."""
+    model = model_with(GAL_UNTIED).eval()
+    data = batchify(torch.randint(0, 30, (241,)), 3)  # (80, 3)
+    S, C, seed = 5, 2, 7
+    probs = []  # one (79, 3) tensor per sample
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for c in (2, 2, 1):
+            copies = data.repeat(1, c)  # (80, 3c)
+            with mc_pass(model, skip=(EmbeddingDropout,)):
+                out = model(copies[:-1], model.init_hidden(3 * c))
+            p = out.logits.softmax(-1).gather(-1, copies[1:].unsqueeze(-1)).squeeze(-1)  # (79, 3c)
+            probs += list(p.view(79, c, 3).unbind(1))
+    assert len(probs) == S
+    assert not torch.allclose(probs[0], probs[1])  # the copies of one pass have their own masks
+    by_hand = -torch.stack(probs).mean(0).log().mean().item()
+    assert math.isclose(evaluate_mc(model, data, 9, samples=S, columns=C, seed=seed), by_hand, rel_tol=1e-5)
+
+
 def test_mc_masks_are_fixed_per_pass_not_per_segment():
     model = model_with(GAL_UNTIED)
     data = batchify(torch.randint(0, 30, (241,)), 3)
-    one_segment = evaluate_mc(model, data, 1000, samples=3, seed=2)
-    assert math.isclose(evaluate_mc(model, data, 5, samples=3, seed=2), one_segment, rel_tol=1e-5)
+    one_segment = evaluate_mc(model, data, 1000, samples=3, columns=2, seed=2)
+    assert math.isclose(evaluate_mc(model, data, 5, samples=3, columns=2, seed=2), one_segment, rel_tol=1e-5)
 
 
 def test_mc_is_reproducible_by_seed_and_leaves_the_global_rng_alone():
@@ -90,10 +112,10 @@ def test_mc_is_reproducible_by_seed_and_leaves_the_global_rng_alone():
     torch.manual_seed(0)
     before = torch.rand(2)
     torch.manual_seed(0)
-    a = evaluate_mc(model, data, 10, samples=2, seed=4)
+    a = evaluate_mc(model, data, 10, samples=2, columns=2, seed=4)
     assert torch.equal(torch.rand(2), before)
-    assert a == evaluate_mc(model, data, 10, samples=2, seed=4)
-    assert a != evaluate_mc(model, data, 10, samples=2, seed=5)
+    assert a == evaluate_mc(model, data, 10, samples=2, columns=2, seed=4)
+    assert a != evaluate_mc(model, data, 10, samples=2, columns=2, seed=5)
 
 
 def test_perplexity_does_not_overflow():

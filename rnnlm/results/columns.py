@@ -14,6 +14,7 @@ METRICS_COLUMNS = (
     "train_ppl",
     "val_loss",  # validation loss (batch dataset.eval_batch_size; ASGD: averaged weights)
     "val_ppl",
+    "val_ppl_main_lua",  # eval.main_lua_val: validation averaged as main.lua (empty otherwise)
     "epoch_seconds",  # wall time of the epoch's training and validation
     "tokens_per_second",  # training tokens per second of training time
     "train_tokens",  # training tokens seen this epoch

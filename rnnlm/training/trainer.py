@@ -25,10 +25,10 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from ..config import Optimizer, RunConfig
+from ..config import LossReduction, Optimizer, RunConfig
 from ..data import get_batch
 from ..model import AWDLSTM, repackage_hidden
-from .evaluate import evaluate, perplexity
+from .evaluate import main_lua_loss, mean_loss, perplexity, segment_losses
 from .progress import EpochProgress
 from .optim import averaged_weights, is_asgd, make_asgd, make_sgd, set_lr, shrink_weights
 from .regularization import activation_regularization, temporal_activation_regularization
@@ -189,7 +189,9 @@ class Trainer:
         return out_of_time
 
     def train_step(self, inputs: torch.Tensor, targets: torch.Tensor, lr: float) -> float:
-        """One truncated-BPTT step on a ``(T, B)`` segment; returns the cross-entropy."""
+        """One truncated-BPTT step on a ``(T, B)`` segment; returns the mean cross-entropy per
+        token. ``trainer.loss_reduction=step_sum`` minimises T x that (and T x AR/TAR), as
+        main.lua does, so lr and clip act on the summed loss."""
         cfg = self.cfg
         set_lr(self.optimizer, lr)
         # ASGD applies the lr of the previous step (its eta lags one step), as in awd-lstm-lm.
@@ -202,6 +204,9 @@ class Trainer:
             + activation_regularization(out.output, cfg.trainer.alpha)
             + temporal_activation_regularization(out.raw_output, cfg.trainer.beta)
         )
+        if cfg.trainer.loss_reduction is LossReduction.step_sum:
+            # main.lua: sum over the T unrolled steps of the batch-mean NLL = T x the token mean
+            loss = loss * targets.size(0)
         value, total = torch.stack([raw_loss.detach(), loss.detach()]).tolist()  # one device sync
         if not math.isfinite(perplexity(value)) or not math.isfinite(total):
             raise Diverged(f"training loss became {value:.4g} at epoch {self.state.epoch}")
@@ -219,7 +224,8 @@ class Trainer:
         cfg, st = self.cfg, self.state
         t0 = time.monotonic()
         with averaged_weights(self.model, self.optimizer):
-            val_loss = evaluate(self.model, self.valid_data, cfg.trainer.bptt)
+            segments = segment_losses(self.model, self.valid_data, cfg.trainer.bptt)
+            val_loss = mean_loss(segments)
             if not math.isfinite(perplexity(val_loss)):
                 raise Diverged(f"validation loss became {val_loss:.4g} at epoch {st.epoch}")
             if val_loss < st.best_val_loss:
@@ -236,6 +242,8 @@ class Trainer:
             "train_ppl": perplexity(train_loss),
             "val_loss": val_loss,
             "val_ppl": perplexity(val_loss),
+            "val_ppl_main_lua": perplexity(main_lua_loss(segments, self.valid_data.shape, cfg.trainer.bptt))
+            if cfg.eval.main_lua_val else None,
             "epoch_seconds": st.train_seconds + (time.monotonic() - t0),
             "tokens_per_second": st.tokens / max(st.train_seconds, 1e-9),
             "train_tokens": st.tokens,
@@ -265,7 +273,7 @@ class Trainer:
                 self.optimizer = make_asgd(self.model, st.lr, cfg.optim.weight_decay)
                 st.asgd_epoch = st.epoch + 1
         elif cfg.optim.name is Optimizer.sgd and decays_after(st.stage_epoch, cfg.optim.lr_decay_start):
-            st.lr *= cfg.optim.lr_decay
+            st.lr /= cfg.optim.lr_decay
         st.val_history.append(val_loss)
 
     # ---------------------------------------------------------- checkpointing
