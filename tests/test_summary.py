@@ -342,3 +342,105 @@ def test_eval_metric_reads_eval_csv_at_the_tested_setting(tmp_path, capsys):
     assert pd.read_csv(tmp_path / "best.csv")[RATE].tolist() == [pytest.approx(0.4)]
     assert main([str(tmp_path), "--metric", "dynamic_ppl"]) == 1  # no dynamic rows
     assert "no completed runs with dynamic_val_ppl" in capsys.readouterr().err
+
+
+# --- differences from a baseline -------------------------------------------------------------
+
+# (kind, mask, rate) -> per-seed (val, test): the baseline "none" (means 102 / 100), one group
+# clearly lower, one within the noise, one with two seeds, one with a single seed.
+VERSUS = {
+    ("none", "element", 0.0): [(100.0, 98.0), (102.0, 100.0), (104.0, 102.0)],
+    ("weight_drop", "element", 0.5): [(90.0, 88.0), (91.0, 89.5), (92.0, 89.0)],
+    ("weight_drop", "row", 0.5): [(101.0, 99.0), (104.0, 101.0), (102.5, 103.0)],
+    ("weight_drop", "column", 0.5): [(95.0, 94.0), (97.0, 95.0)],
+    ("variational", "tied", 0.5): [(99.0, 97.0)],
+}
+
+
+def welch_by_hand(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    """mean(a) - mean(b) and its 95% interval from Welch's formulas (Welch 1947)."""
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    from scipy.stats import t
+
+    diff, half = statistics.mean(a) - statistics.mean(b), t.ppf(0.975, df) * math.sqrt(va + vb)
+    return diff, diff - half, diff + half
+
+
+@pytest.fixture(scope="module")
+def versus_template(tmp_path_factory) -> Path:
+    return make_sweep(tmp_path_factory.mktemp("versus") / "sweep", VERSUS)
+
+
+@pytest.fixture
+def versus(versus_template, tmp_path) -> Path:
+    return Path(shutil.copytree(versus_template, tmp_path / "sweep"))
+
+
+def group_of(table: pd.DataFrame, kind: str, mask: str) -> pd.Series:
+    hit = table[(table[KIND] == kind) & (table[MASK] == mask)]
+    assert len(hit) == 1, table
+    return hit.iloc[0]
+
+
+def test_baseline_differences_and_welch_intervals_match_the_formulas(versus, capsys):
+    assert main([str(versus), "--baseline", f"{KIND}=none", "--format", "csv"]) == 0
+    printed = read_csv_block(capsys.readouterr().out)
+    base = VERSUS[("none", "element", 0.0)]
+    for (kind, mask, _), values in VERSUS.items():
+        row = group_of(printed, kind, mask)
+        for i, stem in enumerate(("val_ppl", "test_ppl")):
+            mine, theirs = [v[i] for v in values], [v[i] for v in base]
+            diff = statistics.mean(mine) - statistics.mean(theirs)
+            assert row[f"{stem}_diff"] == pytest.approx(0.0 if kind == "none" else diff)
+            if kind == "none":
+                assert row[f"{stem}_verdict"] == "baseline" and math.isnan(row[f"{stem}_low"])
+            elif len(values) == 1:  # n = 1: a difference, but no interval, and it says so
+                assert row[f"{stem}_verdict"] == "n=1: no interval"
+                assert math.isnan(row[f"{stem}_low"]) and math.isnan(row[f"{stem}_p"])
+            else:  # n = 3 and n = 2 against n = 3
+                _, low, high = welch_by_hand(mine, theirs)
+                assert (row[f"{stem}_low"], row[f"{stem}_high"]) == (pytest.approx(low), pytest.approx(high))
+                assert 0 < row[f"{stem}_p"] < 1
+    assert group_of(printed, "weight_drop", "element")["val_ppl_verdict"] == "lower"
+    assert group_of(printed, "weight_drop", "row")["val_ppl_verdict"] == "not distinguishable"
+    assert group_of(printed, "weight_drop", "column")["test_ppl_verdict"] == "lower"  # n = 2 against n = 3
+
+
+def test_baseline_in_markdown_and_latex_joins_difference_and_interval(versus, capsys):
+    assert main([str(versus), "--baseline", f"{KIND}=none"]) == 0
+    out = capsys.readouterr().out
+    diff, low, high = welch_by_hand([90.0, 91.0, 92.0], [100.0, 102.0, 104.0])
+    assert f"{diff:+.2f} [{low:+.2f}, {high:+.2f}]" in out
+    assert "n=1: no interval" in out and "baseline" in out and "95% Welch t-interval" in out
+    assert "Baseline: dropout.recurrent.kind=none." in (versus / "summary.md").read_text()
+    assert main([str(versus), "--baseline", f"{KIND}=none", "--format", "latex"]) == 0
+    latex = capsys.readouterr().out
+    assert f"{diff:+.2f} [{low:+.2f}, {high:+.2f}]" in latex and "\\begin{tabular}" in latex
+
+
+def test_baseline_plot(versus, capsys):
+    assert main([str(versus), "--baseline", f"{KIND}=none", "--plot"]) == 0
+    data = (versus / "diff_vs_baseline.png").read_bytes()
+    assert data.startswith(b"\x89PNG") and len(data) > 10_000
+    assert "diff_vs_baseline.png" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec,expected", [
+    ([f"{KIND}=nonee"], f"--baseline {KIND}=nonee matches no summarised run"),
+    ([f"{KIND}=weight_drop"], f"--baseline {KIND}=weight_drop matches 3 groups"),
+    (["dropout.recurrent.knd=none"], "unknown key 'dropout.recurrent.knd' in --baseline"),
+    (["none"], "--baseline 'none' is not KEY=VALUE"),
+])
+def test_bad_baseline_is_one_line_exit_2(versus, capsys, spec, expected):
+    assert main([str(versus), *(a for s in spec for a in ("--baseline", s))]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1, err
+
+
+def test_two_baseline_keys_pick_one_group(versus, capsys):
+    assert main([str(versus), "--baseline", f"{KIND}=weight_drop", "--baseline", f"{MASK}=row",
+                 "--format", "csv"]) == 0
+    printed = read_csv_block(capsys.readouterr().out)
+    assert group_of(printed, "weight_drop", "row")["val_ppl_verdict"] == "baseline"
+    assert group_of(printed, "none", "element")["val_ppl_diff"] == pytest.approx(102.0 - 102.5)

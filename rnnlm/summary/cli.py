@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..atomic import atomic_write_text
-from . import tables
+from . import compare, tables
 from .runs import RunsError, check_keys, filter_runs, load_runs
 from .tables import Metric
 
@@ -37,6 +37,12 @@ n counts completed runs having the validation value.
 
 {GROUPING_HELP}
 
+baseline: --baseline KEY=VALUE (repeatable, all must match) names one group;
+every group then gets its difference from it (group - baseline) in mean
+validation and test value, a 95% Welch t-interval over seeds (scipy.stats),
+the p-value, and a verdict: lower/higher (the interval excludes 0), not
+distinguishable, or no interval (n=1). --plot adds diff_vs_baseline.png.
+
 filters: --filter KEY=VALUE matches config/result values by type (0.5 ==
 0.50, true/false, null); repeating a KEY matches any of its values,
 different KEYs must all match.
@@ -45,6 +51,7 @@ examples:
   rnnlm summary multirun/2024-05-01/12-00-00
   rnnlm summary sweeps/ptb sweeps/wt2 --filter dropout.recurrent.kind=variational --plot
   rnnlm summary sweeps/ --group-by dropout.recurrent.kind dataset.name --format latex
+  rnnlm summary sweeps/study --baseline dropout.recurrent.kind=none --plot
 """
 DESCRIPTION = """\
 Summarise rnnlm runs: mean and std over seeds per setting, and the best
@@ -65,16 +72,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "ones that differ (give DIRs before this option)")
     parser.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
                         help="keep runs whose KEY equals VALUE (repeatable)")
+    parser.add_argument("--baseline", action="append", default=[], metavar="KEY=VALUE",
+                        help="compare every group with the group these select (repeatable)")
     parser.add_argument("--plot", action="store_true", help="also write PNG figures next to summary.csv")
     return parser
 
 
-def _tables(summary: pd.DataFrame, best: pd.DataFrame, metrics: list[Metric], fmt: str) -> str:
+def _tables(summary: pd.DataFrame, best: pd.DataFrame, metrics: list[Metric], fmt: str,
+            baseline: list[str]) -> str:
     caption = (f"best by validation: lowest mean {metrics[0].val_stem} per variant "
                f"({metrics[0].test} reported at that setting)")
     prefix = {"markdown": "### ", "csv": "# ", "latex": "% "}[fmt]  # a heading in markdown, else a comment
     summary_text, best_text = (tables.format_table(table, metrics, fmt) for table in (summary, best))
-    return f"{summary_text}\n{prefix}{caption}\n\n{best_text}"
+    note = f"{prefix}{compare.describe(metrics[0], baseline)}\n" if baseline else ""
+    return f"{summary_text}{note}\n{prefix}{caption}\n\n{best_text}"
 
 
 def _left_out(left: pd.DataFrame, total: int) -> str:
@@ -94,13 +105,14 @@ def _markdown_file(text: str, left: pd.DataFrame, args: argparse.Namespace, metr
              f"Metric: {metric.name} (selected on {metric.val}, reported {metric.test})."]
     scope += [f"Filters: {', '.join(args.filter)}."] if args.filter else []
     scope += [f"Grouped by: {', '.join(args.group_by)}."] if args.group_by else []
+    scope += [f"Baseline: {', '.join(args.baseline)}."] if args.baseline else []
     parts = ["# rnnlm summary\n\n" + " ".join(scope) + "\n", text]
     parts += ["### runs not summarised\n\n" + left.to_markdown(index=False) + "\n"] if not left.empty else []
     return "\n".join(parts)
 
 
 def _plot(summary: pd.DataFrame, best: pd.DataFrame, runs: pd.DataFrame, variant_keys: list[str],
-          rate_keys: list[str], metric: Metric, out_dir: Path) -> list[Path]:
+          rate_keys: list[str], metric: Metric, out_dir: Path, baseline: list[str]) -> list[Path]:
     """Write the figures; plotting imports matplotlib, so only load it when asked."""
     from . import plots
 
@@ -115,6 +127,9 @@ def _plot(summary: pd.DataFrame, best: pd.DataFrame, runs: pd.DataFrame, variant
                                dataset)
     if curves is None:
         print(f"{PROG}: no metrics.csv with {metric.curve}, so no learning_curves.png", file=sys.stderr)
+    if baseline:
+        written.append(plots.plot_diff(summary, variant_keys + rate_keys, metric, baseline,
+                                       out_dir / "diff_vs_baseline.png", dataset))
     return written + ([curves] if curves else [])
 
 
@@ -135,18 +150,21 @@ def _run(args: argparse.Namespace) -> int:
     variant_keys, rate_keys = tables.split_keys(frame, config_keys, args.group_by)
     metrics = tables.reported_metrics(frame[used], metric)
     summary = tables.summarise(frame, used, variant_keys + rate_keys, metrics)
+    if args.baseline:
+        base = compare.baseline_group(frame[used], variant_keys + rate_keys, args.baseline)
+        summary = compare.compare(summary, frame[used], variant_keys + rate_keys, base, metric)
     best = tables.best_by_validation(summary, variant_keys, metric)
-    sys.stdout.write(_tables(summary, best, metrics, args.format))
+    sys.stdout.write(_tables(summary, best, metrics, args.format, args.baseline))
     sys.stdout.flush()
     sys.stderr.write(_left_out(left, len(frame)))
 
     out_dir = Path(args.dirs[0])
     written = [out_dir / name for name in ("summary.csv", "summary.md", "best.csv")]
-    markdown = _markdown_file(_tables(summary, best, metrics, "markdown"), left, args, metric)
+    markdown = _markdown_file(_tables(summary, best, metrics, "markdown", args.baseline), left, args, metric)
     for path, text in zip(written, (summary.to_csv(index=False), markdown, best.to_csv(index=False))):
         atomic_write_text(path, text)
     if args.plot:
-        written += _plot(summary, best, frame[used], variant_keys, rate_keys, metric, out_dir)
+        written += _plot(summary, best, frame[used], variant_keys, rate_keys, metric, out_dir, args.baseline)
     print(f"{PROG}: wrote {', '.join(map(str, written))}", file=sys.stderr)
     return 0
 

@@ -178,3 +178,39 @@ def plot_curves(
     capped = "; y axis capped at 2× the lowest value" if is_ppl else ""
     fig.suptitle(f"learning curves at each variant's best setting\nmean ± std over seeds{capped}")
     return _save(fig, path)
+
+
+VERDICT_COLOURS = {"lower": "tab:green", "higher": "tab:red"}  # else grey: not distinguishable
+
+
+def plot_diff(summary: pd.DataFrame, keys: list[str], metric: Metric, baseline: list[str], path: Path,
+              dataset: str = "") -> Path:
+    """Each group's difference from the baseline (``rnnlm summary --baseline``), validation
+    (left) and test (right): the difference of means with its Welch interval as a bar.
+
+    Green: the interval lies below zero (the group is better on a perplexity or a loss),
+    red: above; grey: it contains zero; a hollow marker without a bar: no interval (n = 1).
+    """
+    rows = summary[(summary["n"] > 0) & (summary[f"{metric.val_stem}_verdict"] != "baseline")]
+    rows = rows.assign(label=labels(rows, keys)).sort_values(f"{metric.val_stem}_diff", ascending=False)
+    height = max(2.5, 0.35 * len(rows) + 1.4)
+    fig = Figure(figsize=(2 * PANEL_WIDTH + 2.5, height), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True, squeeze=False)[0]
+    y = np.arange(len(rows))
+    for ax, split, (stem, _) in zip(axes, ("validation", "test"), metric.columns):
+        ax.axvline(0.0, color="0.3", linewidth=1, label="baseline")
+        for yi, row in zip(y, rows.itertuples(index=False)):
+            diff, low, high = (getattr(row, f"{stem}_{s}") for s in ("diff", "low", "high"))
+            verdict = getattr(row, f"{stem}_verdict")
+            colour = VERDICT_COLOURS.get(verdict, "0.5")
+            if np.isfinite([low, high]).all():
+                ax.errorbar(diff, yi, xerr=[[diff - low], [high - diff]], fmt="o", color=colour, capsize=3)
+            else:
+                ax.plot(diff, yi, "o", markerfacecolor="none", color=colour)
+        ax.set_yticks(y, rows["label"])
+        ax.grid(True, axis="x", alpha=0.3)
+        ax.set(title=split, xlabel=f"{split} {metric.label}: group − baseline")
+    where = f"{dataset}: " if dataset else ""
+    fig.suptitle(f"{where}difference from the baseline ({', '.join(baseline)})\n"
+                 "mean over seeds with a 95% Welch t-interval; green/red: the interval excludes 0; hollow: n=1, no interval")
+    return _save(fig, path)

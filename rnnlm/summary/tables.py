@@ -141,17 +141,30 @@ def text(value: Any) -> str:
     return "null" if is_missing(value) else f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def _p_value(value: Any) -> str:
+    return "" if is_missing(value) else "<0.001" if value < 0.001 else f"{value:.3f}"
+
+
 def format_table(table: pd.DataFrame, metrics: list[Metric], fmt: str) -> str:
     """``table`` as markdown, csv (raw numbers, empty for missing) or LaTeX with fixed
     decimals per metric and a dash for a missing statistic."""
     if fmt == "csv":
         return table.to_csv(index=False)
     digits = {f"{stem}_{stat}": m.digits for m in metrics for stem, _ in m.columns
-              for stat in ("mean", "std")}
+              for stat in ("mean", "std", "diff")}
+    p_values = {f"{stem}_p" for m in metrics for stem, _ in m.columns}
     shown = table.apply(lambda c: c.map(lambda v: DASH[fmt] if is_missing(v) else f"{v:.{digits[c.name]}f}")
-                        if c.name in digits else c.map(text))
-    keys = list(table.columns).index("n")  # key columns left-aligned, statistics right-aligned
-    align = "l" * keys + "r" * (len(table.columns) - keys)
+                        if c.name in digits else c.map(_p_value) if c.name in p_values else c.map(text))
+    for stem, _ in (c for m in metrics for c in m.columns):
+        if f"{stem}_low" in table:  # a baseline comparison: the interval joins the difference
+            interval = [f" [{lo:+.{digits[stem + '_diff']}f}, {hi:+.{digits[stem + '_diff']}f}]"
+                        if not (is_missing(lo) or is_missing(hi)) else ""
+                        for lo, hi in zip(table[f"{stem}_low"], table[f"{stem}_high"])]
+            shown[f"{stem}_diff"] = [d if is_missing(v) else f"{v:+.{digits[stem + '_diff']}f}{i}"
+                                     for d, v, i in zip(shown[f"{stem}_diff"], table[f"{stem}_diff"], interval)]
+            shown = shown.drop(columns=[f"{stem}_low", f"{stem}_high"])
+    keys = list(shown.columns).index("n")  # key columns left-aligned, statistics right-aligned
+    align = "l" * keys + "r" * (len(shown.columns) - keys)
     if fmt == "markdown":
         colalign = ["left" if a == "l" else "right" for a in align]
         return shown.to_markdown(index=False, disable_numparse=True, colalign=colalign) + "\n"
