@@ -43,12 +43,13 @@ def make_run(
     dataset: str = "ptb",
     epochs: int = 4,
     result: bool = True,
+    test_weights: str = "best",
 ) -> Path:
     """A run as the trainer leaves it: .hydra/, and result.csv + metrics.csv unless ``result`` is False."""
     cfg = OmegaConf.structured(RunConfig)
     cfg.merge_with_dotlist(
         [f"seed={seed}", f"{KIND}={kind}", f"{MASK}={mask}", f"{RATE}={rate}", f"dataset.name={dataset}",
-         f"dataset.path=/data/{seed}", "device=auto"]
+         f"dataset.path=/data/{seed}", "device=auto", f"eval.test_weights={test_weights}"]
     )
     (run_dir / ".hydra").mkdir(parents=True)
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
@@ -284,7 +285,7 @@ def test_mc_columns_and_metric_selection(sweep, tmp_path, capsys):
     best = pd.read_csv(mc_root / "best.csv")
     assert best[RATE].tolist() == [pytest.approx(0.4)] and best.columns[2] == "mc_val_ppl_mean"
     capsys.readouterr()
-    assert main([str(mc_root), "--metric", "best_val_loss", "--format", "csv"]) == 0
+    assert main([str(mc_root), "--metric", "val_loss", "--format", "csv"]) == 0
     printed = read_csv_block(capsys.readouterr().out)
     assert printed["val_loss_mean"].tolist() == pytest.approx([math.log(60 * 62) / 2, math.log(61.5)])
 
@@ -444,3 +445,18 @@ def test_two_baseline_keys_pick_one_group(versus, capsys):
     printed = read_csv_block(capsys.readouterr().out)
     assert group_of(printed, "weight_drop", "row")["val_ppl_verdict"] == "baseline"
     assert group_of(printed, "none", "element")["val_ppl_diff"] == pytest.approx(102.0 - 102.5)
+
+
+def test_each_test_figure_is_paired_with_the_validation_of_the_same_weights(tmp_path, capsys):
+    # best epoch 2 (val 60); the last epoch's validation is 64. With test_weights=last the test
+    # used the final weights, so their validation (64) is what the summary pairs it with.
+    for i, weights in enumerate(("best", "last")):
+        run = make_run(tmp_path / str(i), seed=1, rate=0.2 * (i + 1), val=60.0, test=59.0, test_weights=weights)
+        write_csv(run / "metrics.csv", [
+            {"epoch": e, "stage": "train", "val_loss": math.log(p), "val_ppl": p}
+            for e, p in enumerate((70.0, 60.0, 62.0, 64.0), start=1)
+        ], METRICS_COLUMNS)
+    assert main([str(tmp_path), "--group-by", RATE, "--format", "csv"]) == 0
+    printed = read_csv_block(capsys.readouterr().out)
+    assert printed["val_ppl_mean"].tolist() == [pytest.approx(60.0), pytest.approx(64.0)]
+    assert printed["test_ppl_mean"].tolist() == [pytest.approx(59.0), pytest.approx(59.0)]

@@ -27,9 +27,10 @@ GROUPING_HELP = textwrap.fill(
 EPILOG = f"""\
 metrics: a metric names a validation/test pair; the group with the lowest
 MEAN validation value is "best" and its test value is reported, never
-selected on. ppl = best_val_ppl/test_ppl (default), loss =
-best_val_loss/test_loss, mc_ppl = mc_val_ppl/mc_test_ppl; naming either
-column selects its pair (e.g. --metric mc_test_ppl selects on mc_val_ppl).
+selected on. ppl = val_ppl/test_ppl (default), loss = val_loss/test_loss,
+where val_* is the validation of the weights the test used (the best
+epoch's, or the last with eval.test_weights=last); mc_ppl =
+mc_val_ppl/mc_test_ppl; naming either column selects its pair.
 From `rnnlm eval` rows (RUN_DIR/eval.csv): pointer_ppl, dynamic_ppl,
 standard_ppl, mc_eval_ppl (<method>_val_ppl/<method>_test_ppl; see
 rnnlm/summary/runs.py for which rows are used).
@@ -80,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _tables(summary: pd.DataFrame, best: pd.DataFrame, metrics: list[Metric], fmt: str,
             baseline: list[str]) -> str:
-    caption = (f"best by validation: lowest mean {metrics[0].val_stem} per variant "
+    caption = (f"best by validation: lowest mean {metrics[0].val} per variant "
                f"({metrics[0].test} reported at that setting)")
     prefix = {"markdown": "### ", "csv": "# ", "latex": "% "}[fmt]  # a heading in markdown, else a comment
     summary_text, best_text = (tables.format_table(table, metrics, fmt) for table in (summary, best))

@@ -30,7 +30,7 @@ from .runs import RunsError, filter_runs
 from .tables import Metric, text
 
 LEVEL = 0.95
-STATS = ("diff", "low", "high", "p", "verdict")  # columns <stem>_<stat> per compared value
+STATS = ("diff", "low", "high", "p", "verdict")  # columns <column>_<stat> per compared value
 
 
 def group_ids(table: pd.DataFrame, keys: list[str]) -> pd.Series:
@@ -77,11 +77,11 @@ def welch(values: np.ndarray, base: np.ndarray, level: float = LEVEL) -> dict[st
 
 def compare(summary: pd.DataFrame, runs: pd.DataFrame, keys: list[str], base: tuple,
             metric: Metric) -> pd.DataFrame:
-    """``summary`` with ``<stem>_diff|low|high|p|verdict`` for the validation and test value
+    """``summary`` with ``<column>_diff|low|high|p|verdict`` for the validation and test value
     of ``metric``, each group against the group ``base`` (``runs``: the summarised runs)."""
     ids, row_ids = group_ids(runs, keys), group_ids(summary, keys)
     columns: dict[str, list] = {}
-    for stem, column in metric.columns:
+    for column in metric.columns:
         base_values = runs.loc[ids == base, column].dropna().to_numpy(float)
         results = []
         for group in row_ids:
@@ -90,12 +90,12 @@ def compare(summary: pd.DataFrame, runs: pd.DataFrame, keys: list[str], base: tu
             else:
                 results.append(welch(runs.loc[ids == group, column].dropna().to_numpy(float), base_values))
         for stat in STATS:
-            columns[f"{stem}_{stat}"] = [r[stat] for r in results]
+            columns[f"{column}_{stat}"] = [r[stat] for r in results]
     return summary.assign(**columns)
 
 
 def describe(metric: Metric, spec: Iterable[str]) -> str:
     """One sentence on what the comparison columns mean, for the tables' caption."""
     return (f"difference from the baseline ({', '.join(spec)}): group mean - baseline mean of "
-            f"{metric.val_stem} and {metric.test}, with a {LEVEL:.0%} Welch t-interval over seeds "
+            f"{metric.val} and {metric.test}, with a {LEVEL:.0%} Welch t-interval over seeds "
             "(lower/higher: the interval excludes 0)")

@@ -91,7 +91,7 @@ def plot_rate(
     fig = Figure(figsize=(PANEL_WIDTH * len(panels) + LEGEND_WIDTH, PANEL_HEIGHT * 2 + 0.6),
                  layout="constrained")
     axes = fig.subplots(2, len(panels), squeeze=False, sharex=True)
-    for row, (split, (stem, _)) in enumerate(zip(("validation", "test"), metric.columns)):
+    for row, (split, stem) in enumerate(zip(("validation", "test"), metric.columns)):
         for ax, (name, rows) in zip(axes[row], panels):
             for label, line in rows.groupby("line", sort=True):
                 ax.errorbar(line[x_key], line[f"{stem}_mean"], yerr=line[f"{stem}_std"].fillna(0), marker="o",
@@ -191,13 +191,13 @@ def plot_diff(summary: pd.DataFrame, keys: list[str], metric: Metric, baseline: 
     Green: the interval lies below zero (the group is better on a perplexity or a loss),
     red: above; grey: it contains zero; a hollow marker without a bar: no interval (n = 1).
     """
-    rows = summary[(summary["n"] > 0) & (summary[f"{metric.val_stem}_verdict"] != "baseline")]
-    rows = rows.assign(label=labels(rows, keys)).sort_values(f"{metric.val_stem}_diff", ascending=False)
+    rows = summary[(summary["n"] > 0) & (summary[f"{metric.val}_verdict"] != "baseline")]
+    rows = rows.assign(label=labels(rows, keys)).sort_values(f"{metric.val}_diff", ascending=False)
     height = max(2.5, 0.35 * len(rows) + 1.4)
     fig = Figure(figsize=(2 * PANEL_WIDTH + 2.5, height), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True, squeeze=False)[0]
     y = np.arange(len(rows))
-    for ax, split, (stem, _) in zip(axes, ("validation", "test"), metric.columns):
+    for ax, split, stem in zip(axes, ("validation", "test"), metric.columns):
         ax.axvline(0.0, color="0.3", linewidth=1, label="baseline")
         for yi, row in zip(y, rows.itertuples(index=False)):
             diff, low, high = (getattr(row, f"{stem}_{s}") for s in ("diff", "low", "high"))

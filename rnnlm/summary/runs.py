@@ -82,7 +82,23 @@ def _record(run_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
               "note": note}
     outcome = {f"result.{k}" if k in config or k in record else k: v
                for k, v in result.items() if k not in COPIED}
-    return {**record, **config, **outcome}
+    return {**record, **config, **outcome, **tested_validation(run_dir, config, result)}
+
+
+def tested_validation(run_dir: Path, config: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """``val_loss`` and ``val_ppl`` of the weights the test used, so each test figure is paired
+    with the validation figure of the same weights: the best epoch's (``eval.test_weights=best``)
+    or the last validation in metrics.csv (``last``: the final weights, ASGD's averaged ones)."""
+    if config.get("eval.test_weights") != "last":
+        return {"val_loss": result.get("best_val_loss"), "val_ppl": result.get("best_val_ppl")}
+    try:
+        metrics = pd.read_csv(run_dir / "metrics.csv")
+        if {"stage", "epoch"} <= set(metrics.columns):  # a resumed run may repeat an epoch's row
+            metrics = metrics.drop_duplicates(["stage", "epoch"], keep="last")
+        last = metrics.iloc[-1]
+        return {"val_loss": last["val_loss"], "val_ppl": last["val_ppl"]}
+    except (OSError, IndexError, KeyError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return {"val_loss": None, "val_ppl": None}
 
 
 def load_runs(dirs: Iterable[str | Path]) -> Runs:

@@ -28,8 +28,7 @@ DASH = {"markdown": "—", "latex": "---", "csv": ""}
 class Metric(NamedTuple):
     """A validation/test pair of run columns: select on ``val``, report ``test`` at that choice.
 
-    The summary names its columns ``<stem>_mean`` and ``<stem>_std`` (``best_val_ppl`` ->
-    ``val_ppl``); ``curve`` is the metrics.csv column of the learning curves. A pair with a
+    The summary names its columns ``<column>_mean`` and ``<column>_std``; ``curve`` is the metrics.csv column of the learning curves. A pair with a
     ``method`` is filled from the run's ``rnnlm eval`` rows (:func:`.runs.eval_pair`); a run
     without them is left out of the statistics like a run without a validation value.
     """
@@ -43,28 +42,25 @@ class Metric(NamedTuple):
     method: str = ""
 
     @property
-    def val_stem(self) -> str:
-        return self.val.removeprefix("best_")
-
-    @property
-    def columns(self) -> tuple[tuple[str, str], ...]:
-        """(stem, run column) of the validation and the test value."""
-        return (self.val_stem, self.val), (self.test, self.test)
+    def columns(self) -> tuple[str, str]:
+        """The run columns of the validation and the test value."""
+        return self.val, self.test
 
 
 EVAL_LABELS = {"standard": "perplexity (rnnlm eval)", "mc_eval": "MC-dropout perplexity (rnnlm eval)",
                "pointer": "perplexity with cache pointer", "dynamic": "perplexity with dynamic evaluation"}
 METRICS = (
-    Metric("ppl", "best_val_ppl", "test_ppl", "perplexity"),
-    Metric("loss", "best_val_loss", "test_loss", "loss (nats/token)", "val_loss", 4),
+    # val_ppl / val_loss: the validation of the weights the test used (runs.tested_validation)
+    Metric("ppl", "val_ppl", "test_ppl", "perplexity"),
+    Metric("loss", "val_loss", "test_loss", "loss (nats/token)", "val_loss", 4),
     Metric("mc_ppl", "mc_val_ppl", "mc_test_ppl", "MC-dropout perplexity"),
     # ``mc_eval``: eval.csv's method ``mc``, as ``mc_ppl`` already names result.csv's MC pair
     *(Metric(f"{p}_ppl", f"{p}_val_ppl", f"{p}_test_ppl", label, method=p.removesuffix("_eval"))
       for p, label in EVAL_LABELS.items()),
 )
 PPL, LOSS, MC_PPL = METRICS[:3]
-# --metric NAME: a pair's name or either of its columns (``val_ppl`` too) -> the pair
-METRIC_OF = {n: m for m in METRICS for n in (m.name, m.val, m.test, m.val_stem)}
+# --metric NAME: a pair's name or either of its columns -> the pair
+METRIC_OF = {n: m for m in METRICS for n in (m.name, m.val, m.test)}
 
 
 def with_metrics(frame: pd.DataFrame, metric: Metric) -> pd.DataFrame:
@@ -73,7 +69,7 @@ def with_metrics(frame: pd.DataFrame, metric: Metric) -> pd.DataFrame:
     if metric.method:
         pairs = [eval_pair(d, metric.method) for d in frame["run_dir"]]
         frame = frame.assign(**{metric.val: [v for v, _ in pairs], metric.test: [t for _, t in pairs]})
-    columns = dict.fromkeys(c for m in METRICS for _, c in m.columns)
+    columns = dict.fromkeys(c for m in METRICS for c in m.columns)
     return frame.assign(**{c: pd.to_numeric(frame[c], errors="coerce") if c in frame else np.nan
                            for c in columns})
 
@@ -116,8 +112,8 @@ def _sort(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 def summarise(frame: pd.DataFrame, used: pd.Series, keys: list[str], metrics: list[Metric]) -> pd.DataFrame:
     """One row per group of ``frame`` (all runs, so a group without usable runs shows n=0);
     the statistics only use the runs where ``used`` is true."""
-    data = frame[[col for m in metrics for _, col in m.columns]].where(used)
-    stats = {f"{stem}_{stat}": (col, stat) for m in metrics for stem, col in m.columns
+    data = frame[[col for m in metrics for col in m.columns]].where(used)
+    stats = {f"{col}_{stat}": (col, stat) for m in metrics for col in m.columns
              for stat in ("mean", "std")}
     table = data.assign(n=used.astype(int)).groupby(_by(frame, keys), dropna=False, sort=False).agg(
         n=("n", "sum"), **stats)
@@ -130,7 +126,7 @@ def best_by_validation(summary: pd.DataFrame, variant_keys: list[str], metric: M
     Test values are only reported at that choice, never used to select. A tie
     goes to the group listed first (the lowest rate).
     """
-    column = f"{metric.val_stem}_mean"
+    column = f"{metric.val}_mean"
     ranked = summary[(summary["n"] > 0) & summary[column].notna()]
     best = ranked.groupby(_by(ranked, variant_keys), dropna=False, sort=False)[column].idxmin()
     return _sort(ranked.loc[best.to_numpy()], variant_keys)
@@ -150,12 +146,12 @@ def format_table(table: pd.DataFrame, metrics: list[Metric], fmt: str) -> str:
     decimals per metric and a dash for a missing statistic."""
     if fmt == "csv":
         return table.to_csv(index=False)
-    digits = {f"{stem}_{stat}": m.digits for m in metrics for stem, _ in m.columns
+    digits = {f"{stem}_{stat}": m.digits for m in metrics for stem in m.columns
               for stat in ("mean", "std", "diff")}
-    p_values = {f"{stem}_p" for m in metrics for stem, _ in m.columns}
+    p_values = {f"{stem}_p" for m in metrics for stem in m.columns}
     shown = table.apply(lambda c: c.map(lambda v: DASH[fmt] if is_missing(v) else f"{v:.{digits[c.name]}f}")
                         if c.name in digits else c.map(_p_value) if c.name in p_values else c.map(text))
-    for stem, _ in (c for m in metrics for c in m.columns):
+    for stem in (c for m in metrics for c in m.columns):
         if f"{stem}_low" in table:  # a baseline comparison: the interval joins the difference
             interval = [f" [{lo:+.{digits[stem + '_diff']}f}, {hi:+.{digits[stem + '_diff']}f}]"
                         if not (is_missing(lo) or is_missing(hi)) else ""
