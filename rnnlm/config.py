@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any, Mapping, Optional
 
+from .tracking.config import LoggerConfig
+
 
 class ConfigError(ValueError):
     """A configuration value that cannot work; the message says how to fix it."""
@@ -256,6 +258,8 @@ class RunConfig:
     # CPU threads of this run (torch.set_num_threads); None: torch's default (all cores).
     # When K jobs share a machine (joblib launcher), give each cores / K.
     threads: Optional[int] = None
+    # Experiment trackers beside the CSV files (configs/logger/, rnnlm/tracking/).
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
 
     def __post_init__(self) -> None:
         _check_positive("threads", self.threads, allow_none=True)

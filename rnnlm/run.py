@@ -20,7 +20,7 @@ import math
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -33,6 +33,7 @@ from .results import METRICS_COLUMNS, RESULT_COLUMNS, SETTING_COLUMNS, write_csv
 from .training import Diverged, Trainer, evaluate, evaluate_mc, load_checkpoint, perplexity, save_checkpoint
 from .training.optim import averaged_weights
 from .training.signals import Interrupted, StopSignals, stop_on_signals
+from .tracking import Tracking
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,9 @@ def build(cfg: RunConfig, device: torch.device) -> tuple[Corpus, AWDLSTM]:
 
 
 def train(
-    cfg: RunConfig, run_dir: Path, overrides: Sequence[str] = (), resume: bool = False
+    cfg: RunConfig, run_dir: Path, overrides: Sequence[str] = (), resume: bool = False,
+    name: str | None = None, group: str | None = None,
+    stop_early: Callable[[dict[str, Any]], bool] | None = None,
 ) -> dict[str, Any]:
     """Train, validate and test one model; returns the result row (also in result.csv).
 
@@ -144,13 +147,20 @@ def train(
 
     ``cfg.threads`` sets torch's CPU thread count for the run; the caller's count is restored
     afterwards.
+
+    The trackers of ``cfg.logger`` (:mod:`rnnlm.tracking`) get the run as ``name`` (None: its
+    overrides, else the directory's name), in ``group`` (a sweep). ``stop_early(row)``,
+    asked after each epoch with its metrics row, ends training there when it returns True
+    (``stop_reason=pruned``; the test still runs): a search's pruner.
     """
     with cpu_threads(cfg.threads), stop_on_signals() as stop:
-        return _train(cfg, run_dir, overrides, resume, stop)
+        return _train(cfg, run_dir, overrides, resume, stop, name, group, stop_early)
 
 
 def _train(
-    cfg: RunConfig, run_dir: Path, overrides: Sequence[str], resume: bool, stop: StopSignals
+    cfg: RunConfig, run_dir: Path, overrides: Sequence[str], resume: bool, stop: StopSignals,
+    name: str | None = None, group: str | None = None,
+    stop_early: Callable[[dict[str, Any]], bool] | None = None,
 ) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -178,17 +188,28 @@ def _train(
         checkpoint(trainer)  # first: metrics.csv never runs ahead of the resumable state
         files.write_metrics(st.metrics)
         files.write_result(**progress_fields(trainer))
+        tracking.epoch(st.metrics[-1])
+        if stop_early is not None and not st.finished and stop_early(st.metrics[-1]):
+            st.finished, st.stop_reason = True, "pruned"  # saved by the checkpoint after fit()
+
+    def progress(trainer: Trainer) -> None:
+        st = trainer.state
+        tracking.progress(tokens=sum(row["train_tokens"] for row in st.metrics) + st.tokens,
+                          train_loss=st.loss_sum / max(st.tokens, 1),
+                          tokens_per_second=st.tokens / max(st.train_seconds, 1e-9))
 
     trainer = Trainer(
         model, cfg, train_data, valid_data,
         save_best=lambda weights: save_checkpoint(files.path(BEST), {"model": weights}),
         load_best=lambda: load_checkpoint(files.path(BEST), device)["model"],
-        on_epoch_end=end_of_epoch,
+        on_epoch_end=end_of_epoch, on_progress=progress,
     )
     if resume:
         trainer.load_state_dict(load_checkpoint(files.path(LAST)))  # RNG states stay on CPU
         files.write_metrics(trainer.state.metrics)  # drop rows written after last.pt
     files.write_result(**progress_fields(trainer))
+    tracking = Tracking(cfg.logger, files.dir, name=name or " ".join(overrides) or files.dir.name, group=group)
+    tracking.start(settings(cfg))
 
     wall_start = time.monotonic() - trainer.state.total_seconds
     trainer.should_stop = stop
@@ -209,12 +230,14 @@ def _train(
             status="diverged", stop_reason="diverged", wall_seconds=time.monotonic() - wall_start,
             **progress_fields(trainer, with_ppl=False),
         )
+        tracking.end(files.result, SETTING_COLUMNS)
         return files.result
     except Exception as exc:
         with contextlib.suppress(OSError):  # the failure may be the disk itself
             files.write_result(status="failed", wall_seconds=time.monotonic() - wall_start)
         if isinstance(exc, WriteError):
             log.error("%s; the previous file is intact: resume with `rnnlm train resume=%s`", exc, files.dir)
+        tracking.end({**files.result, "status": "failed"}, SETTING_COLUMNS)
         raise
     if final is None:  # stopped by a signal
         stage = trainer.state.stage if trainer.interrupted else "test"
@@ -223,6 +246,7 @@ def _train(
             wall_seconds=time.monotonic() - wall_start, **progress_fields(trainer),
         )
         log.warning("%s during %s: resume with `rnnlm train resume=%s`", stop.name or "stopped", stage, files.dir)
+        tracking.end(files.result, SETTING_COLUMNS)
         return files.result
 
     files.write_result(
@@ -231,6 +255,7 @@ def _train(
     )
     log.info("best valid ppl %.2f (epoch %d) | test ppl %.2f",
              files.result["best_val_ppl"], files.result["best_epoch"], files.result["test_ppl"])
+    tracking.end(files.result, SETTING_COLUMNS)
     return files.result
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import functools
+import importlib
+import itertools
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -69,3 +72,17 @@ def tiny_lm(vocab: int, nhid: int, dropout: DropoutConfig | None = None, seed: i
 
     torch.manual_seed(seed)
     return AWDLSTM(vocab, ModelConfig(emsize=8, nhid=nhid, nlayers=2), dropout or DropoutConfig())
+
+
+def sigterm_on_call(monkeypatch, target: str, nth: int) -> None:
+    """Make the ``nth`` call of the function ``target`` (module.name) first send this process SIGTERM."""
+    module_name, name = target.rsplit(".", 1)
+    module = importlib.import_module(module_name)
+    real, calls = getattr(module, name), itertools.count(1)
+
+    def wrapper(*args, **kwargs):
+        if next(calls) == nth:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapper)

@@ -6,14 +6,13 @@ where separate processes matter.
 """
 
 import errno
-import importlib
 import itertools
 import os
 import signal
 
 import pytest
 import torch
-from helpers import read_rows, start_rnnlm
+from helpers import read_rows, sigterm_on_call, start_rnnlm
 from omegaconf import OmegaConf
 
 from rnnlm.cli import main as rnnlm_main
@@ -49,20 +48,6 @@ def reference(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("reference") / "run"
     assert rnnlm_main(["train", *RUN, f"hydra.run.dir={run_dir}"]) == 0
     return run_dir
-
-
-def sigterm_on_call(monkeypatch, target: str, nth: int) -> None:
-    """Make the ``nth`` call of the function ``target`` (module.name) first send this process SIGTERM."""
-    module_name, name = target.rsplit(".", 1)
-    module = importlib.import_module(module_name)
-    real, calls = getattr(module, name), itertools.count(1)
-
-    def wrapper(*args, **kwargs):
-        if next(calls) == nth:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(module, name, wrapper)
 
 
 # ------------------------------------------------------------------ one run, one directory

@@ -6,7 +6,7 @@ import statistics
 from pathlib import Path
 
 import pytest
-from helpers import config_options, read_rows, run_rnnlm
+from helpers import config_options, read_rows, run_rnnlm, sigterm_on_call
 from omegaconf import OmegaConf
 
 from rnnlm.cli import main as rnnlm_main
@@ -157,25 +157,79 @@ def test_the_cli_uses_only_hydras_public_surface():
     assert private == []
 
 
-@pytest.mark.slow
-def test_optuna_searches_dropout_rates_and_summary_reads_the_trials(tmp_path):
-    """Another sweeper through the same task function: three Optuna trials of sweep=optuna_dropout,
-    minimising the best validation perplexity that each job returns."""
-    proc = run_rnnlm("train", "-m", *QUICK, "trainer.max_batches=3", "sweep=optuna_dropout",
-                     "hydra.sweeper.n_trials=3", "hydra.sweep.dir=sweep", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    sweep = tmp_path / "sweep"
-    results = job_results(sweep)
-    assert len(results) == 3 and {r["status"] for r in results} == {"completed"}
-    assert len({r["dropout.output"] for r in results}) == 3  # three different points of the search space
-    best = OmegaConf.load(sweep / "optimization_results.yaml")
-    winner = min(results, key=lambda r: float(r["best_val_ppl"]))
-    assert best.best_value == pytest.approx(float(winner["best_val_ppl"]))
-    for key, value in best.best_params.items():
-        assert float(winner[key]) == pytest.approx(value)
+def study_trials(sweep_dir, name="dropout"):
+    """The trials of the search kept in ``sweep_dir``, read back with Optuna."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
 
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(sweep_dir / "optuna.journal")))
+    return optuna.load_study(study_name=name, storage=storage).get_trials()
+
+
+SEARCH = (*QUICK, "trainer.max_epochs=2", "threads=1", "sweep=optuna_dropout")  # 2 epochs of 5 segments a trial
+
+
+def test_an_interrupted_search_continues_where_it_stopped(tmp_path, monkeypatch):
+    """SIGTERM in the second trial's first epoch stops the search (exit 130); the same command
+    with resume=auto keeps the finished trial (not run again), continues the second in its
+    directory and adds the third: three trials, as asked, and rnnlm summary reads them all."""
+    from optuna.trial import TrialState
+
+    sweep = tmp_path / "sweep"
+    command = ["train", "-m", *SEARCH, "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep}"]
+    with monkeypatch.context() as patch:
+        sigterm_on_call(patch, "rnnlm.training.trainer.get_batch", 10 + 3)
+        assert rnnlm_main(command) == 130
+    before = study_trials(sweep)
+    assert [t.state for t in before] == [TrialState.COMPLETE, TrialState.RUNNING]
+    assert read_rows(sweep / "1" / "result.csv")[0]["status"] == "interrupted"
+    kept = {p: p.read_bytes() for job in ("0",) for p in (sweep / job).rglob("*") if p.is_file()}
+
+    assert rnnlm_main([*command, "resume=auto"]) == 0
+    after = study_trials(sweep)
+    assert [t.number for t in after] == [0, 1, 2] and {t.state for t in after} == {TrialState.COMPLETE}
+    assert [t.params for t in after[:2]] == [t.params for t in before]  # trial 1 kept its rates
+    assert {p: p.read_bytes() for p in kept} == kept  # the finished trials were not run again
+    results = job_results(sweep)
+    assert [r["status"] for r in results] == ["completed"] * 3 and [r["epochs_run"] for r in results] == ["2"] * 3
+    for trial, row in zip(after, results):
+        assert trial.value == pytest.approx(float(row["best_val_ppl"]))
+        assert float(row["dropout.output"]) == pytest.approx(trial.params["dropout.output"])
+    best = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert best.best_value == pytest.approx(min(t.value for t in after)) and best.n_trials == 3
+
+    assert len({tuple(t.params.items()) for t in after}) == 3  # a continued search draws new points
     assert rnnlm_main(["summary", str(sweep), "--format", "csv"]) == 0
     rows = read_rows(sweep / "summary.csv")
-    assert len(rows) == 3 and {row["n"] for row in rows} == {"1"}
-    assert sorted(float(row["val_ppl_mean"]) for row in rows) == pytest.approx(
-        sorted(float(r["best_val_ppl"]) for r in results))
+    assert sorted(float(row["val_ppl_mean"]) for row in rows) == pytest.approx(sorted(t.value for t in after))
+
+
+def test_a_search_prunes_a_hopeless_trial_at_an_epoch_end(tmp_path):
+    """A study whose first trial reached perplexity 1.0 at every epoch: with the median pruner
+    the next trial (about 30 after its first epoch) stops there, its run is tested and
+    recorded with stop_reason=pruned, and the study marks it pruned."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.trial import TrialState
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(sweep / "optuna.journal")))
+    study = optuna.create_study(study_name="dropout", storage=storage, direction="minimize")
+    study.add_trial(optuna.trial.create_trial(
+        params={"dropout.output": 0.1}, distributions={"dropout.output": FloatDistribution(0.0, 0.6)},
+        value=1.0, intermediate_values={1: 1.0, 2: 1.0}))
+    assert rnnlm_main(["train", "-m", *SEARCH, "hydra.sweeper.n_trials=2", "hydra.sweeper.pruner.name=median",
+                       "hydra.sweeper.pruner.n_startup_trials=1", f"hydra.sweep.dir={sweep}"]) == 0
+    trial = study_trials(sweep)[1]
+    assert trial.state == TrialState.PRUNED and trial.user_attrs == {"pruned_at_epoch": 1}
+    (row,) = job_results(sweep)
+    assert (row["status"], row["stop_reason"], row["epochs_run"]) == ("completed", "pruned", "1")
+    assert float(row["test_ppl"]) > 1 and float(row["best_val_ppl"]) == pytest.approx(trial.intermediate_values[1])
+
+
+def test_the_search_uses_a_maintained_optuna():
+    from importlib.metadata import version
+
+    assert int(version("optuna").split(".")[0]) >= 4

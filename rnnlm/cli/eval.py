@@ -17,12 +17,13 @@ from typing import Any, Callable, Optional
 
 from ..evaluation.dynamic import RULES, DynamicSettings
 from ..evaluation.pointer import STARTS, PointerSettings
-from ..evaluation.rows import METHODS, append_rows
+from ..evaluation.rows import METHODS, append_rows, read_rows
 from ..evaluation.runner import Evaluator, McSettings, Plan, check_sizes, streams
 from ..evaluation.runs import RunError, load_run
 from ..results import read_csv
 from ..training.evaluate import GAL_MC_SAMPLES
 from ..run import cpu_threads
+from ..tracking import Tracking
 from .errors import fail
 
 # Pointer defaults per dataset: awd-lstm-lm README (pointer.py commands).
@@ -260,11 +261,16 @@ def _score(run_dir: Path, rest: list[str], keys: dict[str, Any]) -> int:
               f"{run.checkpoint} checkpoint as it is now", file=sys.stderr)
     evaluator = Evaluator(run, plan)
     path = None
+    written = []
     for method in plan.methods:
         for stream in data:
             _, row = evaluator.score(method, stream)
             row["overrides"] = " ".join(rest)
             path = append_rows(run_dir, [row])
+            written.append(row)
             print(_line(row), flush=True)
+    tracking = Tracking(run.cfg.logger, run_dir, name=run_dir.name, attach_only=True)  # the run's own tracker runs
+    tracking.eval_rows(written, step=len(read_rows(run_dir)))
+    tracking.close()
     print(f"rnnlm eval: appended {len(plan.methods) * len(data)} rows to {path}", file=sys.stderr)
     return 0

@@ -19,6 +19,7 @@ from ..results import read_csv
 from ..run import LAST, train
 from ..rundir import ClaimError, claim_stopped
 from ..training import CheckpointError
+from ..tracking import missing_extra
 from .errors import EXIT_INTERRUPTED, fail
 from .train import log_file
 
@@ -54,6 +55,8 @@ def resume_command(argv: list[str]) -> int:
         cfg = load_saved_config(run_dir, changes)
     except (ConfigError, OmegaConfBaseException) as exc:
         return fail(f"resume={run_dir}: {str(exc).strip().splitlines()[0]}")
+    if missing_extra(cfg.logger):
+        return fail(missing_extra(cfg.logger))
     saved_overrides = OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
     try:
         claim = claim_stopped(run_dir)  # refused while the run is still going

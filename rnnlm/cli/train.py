@@ -16,13 +16,15 @@ Then the job claims its directory (:mod:`rnnlm.rundir`) and only then writes
 its log file, so two runs never write into one directory.
 
 The task function returns the best validation perplexity: the objective of an
-optimising sweeper (``sweep=optuna_dropout``, ``hydra/sweeper=optuna``).
+optimising sweeper (``sweep=optuna_dropout``, ``hydra/sweeper=rnnlm_optuna``), whose pruner, if
+any, hears of every epoch through ``stop_early``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import math
 import os
@@ -34,6 +36,8 @@ from typing import Any, Iterator
 import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.plugins import Plugins
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
@@ -45,11 +49,18 @@ from ..config import ConfigError, RunConfig, settings
 from ..data import DataError, load_dataset
 from ..run import LAST, check_batch_sizes, holds_run, resolve_device, train
 from ..rundir import Claim, ClaimError, claim_new, claim_stopped, is_claimed
+from ..tracking import missing_extra
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, describe, fail
 
 log = logging.getLogger("rnnlm")
 
 ConfigStore.instance().store(name="run_config_schema", node=RunConfig)
+# hydra/sweeper=rnnlm_optuna. Hydra finds plugins by scanning the hydra_plugins namespace
+# package, which an editable install hides from it; Plugins.register is its public fallback.
+import hydra_plugins.rnnlm_optuna_sweeper.config  # noqa: E402,F401  (registers the sweeper's config)
+from hydra_plugins.rnnlm_optuna_sweeper.optuna_sweeper import OptunaSweeper, job_pruner  # noqa: E402
+
+Plugins.instance().register(OptunaSweeper)
 # ${rnnlm.tag:} in the default run and sweep directories: a short random tag, so runs started
 # in the same microsecond still get different directories. Cached, so it is one value per
 # config (Hydra copies the cache into every job of a sweep).
@@ -58,6 +69,9 @@ OmegaConf.register_new_resolver("rnnlm.tag", lambda: secrets.token_hex(2), use_c
 CONFIG_MODULE = "rnnlm.configs"
 HYDRA_DIR = ".hydra"
 RESUME_AUTO = "RNNLM_RESUME"  # set to "auto" (hydra.job.env_set) by `rnnlm train ... resume=auto`
+# The keys a sweep's command line sets to one value for every job (a JSON list), for the jobs'
+# tracker run names; the environment reaches the jobs of every launcher.
+SWEEP_SHARED = "RNNLM_SWEEP_SHARED"
 
 
 class JobRefused(Exception):
@@ -113,6 +127,8 @@ def validate(task_cfg: DictConfig) -> RunConfig:
     except OmegaConfBaseException as exc:
         raise ConfigError(describe(exc)) from None
     resolve_device(cfg.device)
+    if missing_extra(cfg.logger):
+        raise ConfigError(missing_extra(cfg.logger))
     ds = cfg.dataset
     key = (ds.name, ds.path, ds.cache_dir, ds.train_tokens, ds.batch_size, ds.eval_batch_size, ds.test_batch_size)
     if key not in _checked_data:  # a single run is checked twice: by Guard, then by the job
@@ -198,7 +214,11 @@ def hydra_train(dcfg: DictConfig) -> float:
             save_hydra_files(run_dir / HYDRA_DIR, dcfg, overrides)
         with log_file(run_dir / f"{hc.job.name}.log"):
             try:
-                result = train(cfg, run_dir, overrides=overrides, resume=resume)
+                # A sweep is one group of tracker runs, named after its directory.
+                group = None if single_run else Path(str(hc.sweep.dir)).name
+                result = train(cfg, run_dir, overrides=overrides, resume=resume, name=run_name(overrides, single_run),
+                               group=group,
+                               stop_early=None if single_run else job_pruner(hc.sweeper, hc.sweep.dir, hc.job.num))
             except WriteError as exc:  # recorded as status=failed where the disk still allowed it
                 message = f"{exc}; the previous file is intact: continue with `rnnlm train resume={run_dir}`"
                 if single_run:
@@ -210,6 +230,18 @@ def hydra_train(dcfg: DictConfig) -> float:
         raise SystemExit(fail("training diverged (NaN/inf loss); lower optim.lr or raise optim.clip", 1))
     best = result.get("best_val_ppl")
     return float(best) if best is not None and result["status"] == "completed" else math.inf
+
+
+def override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def run_name(overrides: list[str], single_run: bool) -> str | None:
+    """A tracker run's name: the job's overrides, less the logger's own and, in a sweep, those
+    its command line gives every job alike (so the name is what varies); None: none left."""
+    shared = set() if single_run else set(json.loads(os.environ.get(SWEEP_SHARED, "[]")))
+    kept = [o for o in overrides if override_key(o) not in shared and not override_key(o).startswith("logger")]
+    return " ".join(kept) or None
 
 
 def claim_run_dir(run_dir: Path, cfg: RunConfig, auto: bool) -> tuple[Claim, bool]:
@@ -313,6 +345,8 @@ def train_command(argv: list[str]) -> int:
     # Hydra re-raises instead of printing a traceback, so every error becomes one line here.
     saved = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    saved_shared = os.environ.get(SWEEP_SHARED)
+    os.environ[SWEEP_SHARED] = json.dumps(shared_keys(argv))
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level  # Hydra configures logging for the process
     try:
@@ -333,7 +367,27 @@ def train_command(argv: list[str]) -> int:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
             os.environ["HYDRA_FULL_ERROR"] = saved
+        if saved_shared is None:
+            os.environ.pop(SWEEP_SHARED, None)
+        else:
+            os.environ[SWEEP_SHARED] = saved_shared
     return 0
+
+
+def shared_keys(argv: list[str]) -> list[str]:
+    """The keys of the command line's overrides that set one value (no sweep syntax)."""
+    parser = OverridesParser.create()
+    keys = []
+    for arg in argv:
+        if "=" not in arg or arg.startswith("-"):
+            continue
+        try:
+            (override,) = parser.parse_overrides([arg])
+        except HydraException:
+            continue  # Hydra reports it when it parses the command line
+        if not override.is_sweep_override():
+            keys.append(override_key(arg))
+    return keys
 
 
 __all__ = ["EXIT_USAGE", "Guard", "JobRefused", "hydra_train", "to_run_config", "train_command", "validate"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+from typing import Callable
 
 from tqdm import tqdm
 
@@ -25,8 +26,9 @@ class EpochProgress:
     """Counts the training tokens of one epoch out of ``total_tokens``."""
 
     def __init__(self, desc: str, total_tokens: int, done_tokens: int = 0, enabled: bool = True,
-                 terminal: bool | None = None) -> None:
+                 terminal: bool | None = None, on_mark: Callable[[], None] | None = None) -> None:
         self.desc, self.total, self.done = desc, total_tokens, done_tokens
+        self.on_mark = on_mark  # called at every tenth of the epoch, bar or not (experiment trackers)
         terminal = sys.stderr.isatty() if terminal is None else terminal
         self.bar = None
         self.log_lines = enabled and not terminal
@@ -45,10 +47,13 @@ class EpochProgress:
             self.bar.update(tokens)
             self.bar.set_postfix(loss=f"{loss:.3f}", ppl=f"{perplexity(loss):.1f}",
                                  tok_s=f"{tokens_per_second:.0f}", refresh=False)
-        elif self.log_lines and self.done >= self.next_log:
-            log.info("%s | %3.0f%% | loss %.3f | ppl %.1f | %.0f tok/s", self.desc,
-                     100.0 * self.done / max(self.total, 1), loss, perplexity(loss),
-                     tokens_per_second)
+        if self.done >= self.next_log:
+            if self.log_lines:
+                log.info("%s | %3.0f%% | loss %.3f | ppl %.1f | %.0f tok/s", self.desc,
+                         100.0 * self.done / max(self.total, 1), loss, perplexity(loss),
+                         tokens_per_second)
+            if self.on_mark is not None:
+                self.on_mark()
             self.next_log = self._next_mark(self.done)
 
     def close(self) -> None:

@@ -69,7 +69,8 @@ class Trainer:
 
     ``save_best(state_dict)`` is called with the (averaged) weights whenever the
     validation loss improves; ``on_epoch_end(trainer)`` after every epoch (write
-    metrics, checkpoint); ``should_stop()`` is polled after every segment (signals).
+    metrics, checkpoint); ``should_stop()`` is polled after every segment (signals);
+    ``on_progress(trainer)`` at every tenth of an epoch (experiment trackers).
     """
 
     def __init__(
@@ -82,6 +83,7 @@ class Trainer:
         load_best: Callable[[], dict[str, torch.Tensor]],
         on_epoch_end: Callable[["Trainer"], None] = lambda trainer: None,
         should_stop: Callable[[], bool] = lambda: False,
+        on_progress: Callable[["Trainer"], None] = lambda trainer: None,
     ) -> None:
         self.model = model
         self.cfg = cfg
@@ -91,6 +93,7 @@ class Trainer:
         self.load_best = load_best
         self.on_epoch_end = on_epoch_end
         self.should_stop = should_stop
+        self.on_progress = on_progress
         self.state = TrainState(lr=cfg.optim.lr)
         self.optimizer = make_sgd(model, cfg.optim.lr, cfg.optim.weight_decay)
         self.generator = torch.Generator().manual_seed(cfg.seed)  # variable-BPTT lengths
@@ -163,7 +166,7 @@ class Trainer:
         model.train()
         progress = EpochProgress(
             f"epoch {st.epoch}", total_tokens=(data.size(0) - 1) * batch_size,
-            done_tokens=st.tokens, enabled=tc.progress,
+            done_tokens=st.tokens, enabled=tc.progress, on_mark=lambda: self.on_progress(self),
         )
         out_of_time = False
         t0 = time.monotonic() - st.train_seconds

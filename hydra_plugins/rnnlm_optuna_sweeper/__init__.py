@@ -1,0 +1,2 @@
+"""rnnlm's Optuna sweeper for Hydra: a search that keeps its study on disk and continues
+where it stopped (``hydra/sweeper=rnnlm_optuna``; see :mod:`.optuna_sweeper`)."""

@@ -1,0 +1,107 @@
+"""The Optuna side of a search, shared by the sweeper and its jobs: where the study is
+stored, its sampler and pruner, and the epoch reports through which a job's trial is pruned.
+
+Only public Optuna APIs: ``optuna.create_study``/``load_study``, the storages
+(``JournalStorage`` over ``JournalFileBackend``, or an RDB URL), ``BaseStorage`` methods
+for a trial's intermediate values and user attributes, and ``BasePruner.prune``, which is
+what ``Trial.should_prune`` asks (optuna/trial/_trial.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+log = logging.getLogger(__name__)
+
+JOURNAL = "optuna.journal"
+PRUNED_AT = "pruned_at_epoch"  # user attribute of a trial its job stopped early
+OBJECTIVE = "val_ppl"  # the metrics.csv column reported at each epoch's end
+
+
+def storage(spec: str | None, sweep_dir: str | Path) -> Any:
+    """The study's storage: a journal file in the sweep directory unless ``spec`` names an
+    RDB URL (``sqlite:///...``) or another journal file."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    if spec and "://" in spec:
+        return optuna.storages.RDBStorage(spec)
+    path = Path(spec) if spec else Path(sweep_dir) / JOURNAL
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+def sampler(cfg: Mapping[str, Any], trials_before: int = 0) -> Any:
+    """The sampler; a seeded one continuing a study with ``trials_before`` trials is seeded
+    ``seed + trials_before``, else it would draw its first points again (the seed fixes the
+    sequence of random draws, not where the study stands)."""
+    import optuna
+
+    kinds = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
+    if cfg["name"] not in kinds:
+        raise ValueError(f"hydra.sweeper.sampler.name={cfg['name']} is not one of {', '.join(kinds)}")
+    seed = cfg.get("seed")
+    return kinds[cfg["name"]](seed=None if seed is None else seed + trials_before)
+
+
+def trial_count(store: Any, study_name: str) -> int:
+    """How many trials the study named ``study_name`` already has in ``store`` (0: none yet)."""
+    try:
+        return len(store.get_all_trials(store.get_study_id_from_name(study_name), deepcopy=False))
+    except KeyError:
+        return 0
+
+
+def pruner(cfg: Mapping[str, Any] | None) -> Any:
+    import optuna
+
+    name = (cfg or {}).get("name", "none")
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=cfg["n_startup_trials"], n_warmup_steps=cfg["n_warmup_steps"])
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=cfg["min_resource"],
+                                              max_resource=cfg["max_resource"] or "auto",
+                                              reduction_factor=cfg["reduction_factor"])
+    raise ValueError(f"hydra.sweeper.pruner.name={name} is not one of none, median, hyperband")
+
+
+def open_study(cfg: Mapping[str, Any], store: Any, create: bool = True) -> Any:
+    """The study ``cfg`` names in ``store``: created if ``create`` and new, else loaded."""
+    import optuna
+
+    kwargs = dict(study_name=cfg["study_name"], storage=store,
+                  sampler=sampler(cfg["sampler"], trial_count(store, cfg["study_name"])), pruner=pruner(cfg.get("pruner")))
+    if create:
+        return optuna.create_study(direction=cfg["direction"], load_if_exists=True, **kwargs)
+    return optuna.load_study(**kwargs)
+
+
+def epoch_reporter(cfg: Mapping[str, Any], sweep_dir: str | Path, number: int) -> Callable[[Mapping[str, Any]], bool] | None:
+    """For the job of trial ``number``: a callable that reports an epoch's ``val_ppl`` to the
+    trial and says whether the pruner stops it there; None when the search prunes nothing."""
+    if (cfg.get("pruner") or {}).get("name", "none") == "none":
+        return None
+    store = storage(cfg.get("storage"), sweep_dir)
+    study = open_study(cfg, store, create=False)
+    trial_id = store.get_trial_id_from_study_id_trial_number(store.get_study_id_from_name(cfg["study_name"]), number)
+
+    def report(row: Mapping[str, Any]) -> bool:
+        epoch, value = int(row["epoch"]), float(row[OBJECTIVE])
+        if not math.isfinite(value):
+            return False
+        try:
+            store.set_trial_intermediate_value(trial_id, epoch, value)
+            if study.pruner.prune(study, store.get_trial(trial_id)):
+                store.set_trial_user_attr(trial_id, PRUNED_AT, epoch)
+                log.info("trial %d pruned after epoch %d (%s %.2f)", number, epoch, OBJECTIVE, value)
+                return True
+        except Exception as exc:  # noqa: BLE001 - the study's storage failing must not stop training
+            log.warning("cannot report epoch %d to the Optuna study (%s); trial %d trains on", epoch, exc, number)
+        return False
+
+    return report

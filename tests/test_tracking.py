@@ -1,0 +1,301 @@
+"""Experiment trackers (logger=...): TensorBoard, MLflow and W&B get the numbers of the CSV
+files, a resumed run and `rnnlm eval` continue the same tracker run, and a failing tracker
+never touches training. All offline: a local MLflow file store, W&B offline mode, each read
+back with the tracker's own reader. A test whose tracker is not installed is skipped."""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import json
+import math
+import struct
+from pathlib import Path
+
+import pytest
+from helpers import read_rows, sigterm_on_call
+
+from rnnlm.cli import main as rnnlm_main
+from rnnlm.cli.resume import load_saved_config
+from rnnlm.config import settings
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# Two epochs of 20 segments of 4 x 10 tokens: each tenth of an epoch (190 tokens) is a progress point.
+RUN = ("experiment=smoke", "dataset.batch_size=4", "dataset.eval_batch_size=2", "dataset.test_batch_size=2",
+       "trainer.bptt=10", "trainer.max_batches=20", "trainer.max_epochs=2", "trainer.progress=false", "threads=1")
+TRACKERS = [name for name in ("tensorboard", "mlflow", "wandb") if importlib.util.find_spec(name) is not None]
+TIMING = {"epoch_seconds", "tokens_per_second", "wall_seconds", "run_dir"}
+
+
+def needs(name: str) -> None:
+    if name not in TRACKERS:
+        pytest.skip(f'{name} is not installed (pip install "rnnlm[{name}]")')
+
+
+@pytest.fixture(scope="module")
+def offline():
+    """No network, no account: W&B offline, MLflow's file store allowed, no HTTP retries."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WANDB_MODE", "offline")
+        mp.setenv("WANDB_SILENT", "true")
+        mp.setenv("WANDB_DISABLE_GIT", "true")
+        mp.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 keeps the file store in maintenance mode
+        mp.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        mp.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+        yield
+
+
+def mlflow_uri(root: Path) -> str:
+    return f"file://{root / 'mlruns'}"
+
+
+def train(*overrides: str) -> int:
+    return rnnlm_main(["train", *RUN, *overrides])
+
+
+def logger_override(names) -> str:
+    return f"logger=[{','.join(names)}]"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, offline):
+    """One run logged to every installed tracker."""
+    root = tmp_path_factory.mktemp("tracked")
+    store = [f"logger.mlflow.tracking_uri={mlflow_uri(root)}"] if "mlflow" in TRACKERS else []
+    assert train(logger_override(TRACKERS or ["csv"]), *store, f"hydra.run.dir={root / 'run'}") == 0
+    return root / "run"
+
+
+def state(run_dir: Path) -> dict:
+    return json.loads((run_dir / "tracking.json").read_text())
+
+
+def metrics(run_dir: Path) -> list[dict[str, str]]:
+    return read_rows(run_dir / "metrics.csv")
+
+
+def result(run_dir: Path) -> dict[str, str]:
+    return read_rows(run_dir / "result.csv")[0]
+
+
+def numeric(row: dict[str, str]) -> dict[str, float]:
+    out = {}
+    for key, text in row.items():
+        try:
+            out[key] = float(text)
+        except (TypeError, ValueError):
+            pass
+    return out
+
+
+# ------------------------------------------------------------------------ readers
+def tensorboard_scalars(log_dir: str) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(log_dir)
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def mlflow_run(run_dir: Path):
+    from mlflow import MlflowClient
+
+    saved = state(run_dir)["mlflow"]
+    client = MlflowClient(saved["tracking_uri"])
+    return client, client.get_run(saved["run_id"])
+
+
+def wandb_records(run_dir: Path, run_id: str) -> list:
+    """The records of every offline W&B run file of ``run_id`` (a resumed run adds one): the
+    LevelDB log format W&B writes (a ':W&B' header, then 32 KiB blocks of CRC'd chunks),
+    each record a ``wandb_internal_pb2.Record``."""
+    from wandb.proto import wandb_internal_pb2
+
+    records = []
+    for path in sorted(glob.glob(str(run_dir / "wandb" / f"offline-run-*-{run_id}" / f"run-{run_id}.wandb"))):
+        data = Path(path).read_bytes()
+        assert struct.unpack("<4sHB", data[:7]) == (b":W&B", 0xBEE1, 0)
+        pos, chunk = 7, b""
+        while pos + 7 <= len(data):
+            left = 32768 - pos % 32768
+            _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+            if left < 7 or (length == 0 and kind == 0):
+                pos += left  # the rest of a block is padding
+                continue
+            chunk += data[pos + 7:pos + 7 + length]
+            pos += 7 + length
+            if kind in (1, 4):  # FULL or LAST
+                record = wandb_internal_pb2.Record()
+                record.ParseFromString(chunk)
+                records.append(record)
+                chunk = b""
+    return records
+
+
+def wandb_items(items) -> dict:
+    """A record's items (``key``, or ``nested_key`` as W&B writes them now) with their values."""
+    return {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in items}
+
+
+def wandb_history(records) -> list[dict]:
+    return [wandb_items(r.history.item) for r in records if r.WhichOneof("record_type") == "history"]
+
+
+# ------------------------------------------------------------------------ what each tracker gets
+def test_tensorboard_gets_every_metrics_column_progress_and_the_result(run):
+    needs("tensorboard")
+    scalars = tensorboard_scalars(state(run)["tensorboard"]["dir"])
+    rows = metrics(run)
+    for column in ("lr", "train_loss", "train_ppl", "val_loss", "val_ppl", "epoch_seconds", "tokens_per_second",
+                   "train_tokens"):
+        assert scalars[column] == [(int(r["epoch"]), pytest.approx(float(r[column]), rel=1e-6)) for r in rows]
+    steps = [step for step, _ in scalars["progress/train_loss"]]
+    assert len(steps) >= 6 and steps == sorted(steps)  # every tenth of each epoch, in training tokens
+    assert steps[-1] <= sum(int(r["train_tokens"]) for r in rows)
+    last_of_epoch1 = max(v for s, v in scalars["progress/train_loss"] if s <= int(rows[0]["train_tokens"]))
+    assert math.isfinite(last_of_epoch1) and len(scalars["progress/tokens_per_second"]) == len(steps)
+    res = result(run)
+    assert scalars["result/test_ppl"][0][1] == pytest.approx(float(res["test_ppl"]), rel=1e-6)
+    assert scalars["result/best_val_ppl"][0][1] == pytest.approx(float(res["best_val_ppl"]), rel=1e-6)
+
+
+def test_mlflow_gets_the_config_metrics_result_and_status(run):
+    needs("mlflow")
+    client, mlrun = mlflow_run(run)
+    cfg = load_saved_config(run, [])
+    assert mlrun.data.params == {k: str(v) for k, v in settings(cfg).items()}  # the flattened config
+    assert client.get_experiment(mlrun.info.experiment_id).name == "rnnlm"  # a single run
+    assert mlrun.info.run_name == " ".join(RUN)  # its overrides (the logger's own left out)
+    rows = metrics(run)
+    for column in ("train_loss", "val_ppl", "lr", "train_tokens"):
+        history = client.get_metric_history(mlrun.info.run_id, column)
+        assert sorted((m.step, m.value) for m in history) == [
+            (int(r["epoch"]), pytest.approx(float(r[column]))) for r in rows]
+    assert mlrun.data.tags["stage"] == rows[-1]["stage"] and mlrun.data.tags["optimizer"] == rows[-1]["optimizer"]
+    res = result(run)
+    for key in ("best_val_ppl", "test_ppl", "test_loss", "epochs_run", "n_params", "wall_seconds", "train_tokens"):
+        assert mlrun.data.metrics[f"result/{key}"] == pytest.approx(float(res[key]))
+    assert mlrun.data.tags["status"] == "completed" and mlrun.data.tags["stop_reason"] == res["stop_reason"]
+    assert mlrun.info.status == "FINISHED"
+    progress = client.get_metric_history(mlrun.info.run_id, "progress/train_loss")
+    assert len(progress) >= 6
+
+
+def test_wandb_offline_run_files_hold_the_config_epochs_and_summary(run):
+    needs("wandb")
+    saved = state(run)["wandb"]
+    records = wandb_records(run, saved["id"])
+    kinds = [r.WhichOneof("record_type") for r in records]
+    (run_record,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    assert run_record.run_id == saved["id"] and run_record.project == "rnnlm"
+    assert run_record.display_name == " ".join(RUN)
+    config = {k: v for r in records if r.WhichOneof("record_type") == "config" for k, v in wandb_items(r.config.update).items()}
+    assert config["dropout.output"] == float(load_saved_config(run, []).dropout.output)
+    epochs = [h for h in wandb_history(records) if "val_ppl" in h]
+    assert [(h["epoch"], h["val_ppl"]) for h in epochs] == [
+        (int(r["epoch"]), pytest.approx(float(r["val_ppl"]))) for r in metrics(run)]
+    assert len([h for h in wandb_history(records) if "progress/train_loss" in h]) >= 6
+    summary = {k: v for r in records if r.WhichOneof("record_type") == "summary" for k, v in wandb_items(r.summary.update).items()}
+    assert summary["result/test_ppl"] == pytest.approx(float(result(run)["test_ppl"]))
+    assert summary["status"] == "completed"
+    assert kinds[-1] == "exit" and records[-1].exit.exit_code == 0
+
+
+def test_eval_rows_go_to_the_runs_own_tracker_runs(run, capsys):
+    needs("mlflow")
+    assert rnnlm_main(["eval", str(run), "method=standard", "split=valid", "device=cpu"]) == 0
+    (row,) = read_rows(run / "eval.csv")
+    client, mlrun = mlflow_run(run)
+    assert mlrun.data.metrics["eval/standard_valid_ppl"] == pytest.approx(float(row["ppl"]))
+    assert mlrun.info.status == "FINISHED" and len(client.search_runs([mlrun.info.experiment_id])) == 1
+    if "tensorboard" in TRACKERS:
+        scalars = tensorboard_scalars(state(run)["tensorboard"]["dir"])
+        assert scalars["eval/standard_valid_ppl"] == [(1, pytest.approx(float(row["ppl"]), rel=1e-6))]
+
+
+# ------------------------------------------------------------------------ resume, sweeps, failures
+def test_a_resumed_run_continues_the_same_tracker_runs(tmp_path, offline, monkeypatch):
+    needs("mlflow")
+    names = [n for n in TRACKERS if n in ("mlflow", "tensorboard")]
+    run_dir = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        sigterm_on_call(patch, "rnnlm.training.trainer.get_batch", 25)  # in epoch 2 (20 segments each)
+        assert train(logger_override(names), f"logger.mlflow.tracking_uri={mlflow_uri(tmp_path)}",
+                     f"hydra.run.dir={run_dir}") == 130
+    before = state(run_dir)
+    client, mlrun = mlflow_run(run_dir)
+    assert mlrun.info.status == "KILLED" and mlrun.data.tags["status"] == "interrupted"
+    assert rnnlm_main(["train", f"resume={run_dir}"]) == 0
+    assert state(run_dir) == before  # the same tracker runs, the same name
+    client, mlrun = mlflow_run(run_dir)
+    assert len(client.search_runs([mlrun.info.experiment_id])) == 1
+    assert mlrun.info.status == "FINISHED" and mlrun.data.tags["status"] == "completed"
+    history = sorted((m.step, m.value) for m in client.get_metric_history(mlrun.info.run_id, "val_ppl"))
+    assert history == [(int(r["epoch"]), pytest.approx(float(r["val_ppl"]))) for r in metrics(run_dir)]
+    if "tensorboard" in names:
+        assert [s for s, _ in tensorboard_scalars(before["tensorboard"]["dir"])["val_ppl"]] == [1, 2]
+
+
+def test_a_sweep_is_one_experiment_and_each_job_a_run_named_after_its_overrides(tmp_path, offline):
+    needs("mlflow")
+    from mlflow import MlflowClient
+
+    sweep = tmp_path / "sweep"
+    assert rnnlm_main(["train", "-m", *RUN, "trainer.max_epochs=1", "trainer.max_batches=3", "dropout.output=0.1,0.3",
+                       "logger=mlflow", f"logger.mlflow.tracking_uri={mlflow_uri(tmp_path)}",
+                       f"hydra.sweep.dir={sweep}"]) == 0
+    client = MlflowClient(mlflow_uri(tmp_path))
+    experiment = client.get_experiment_by_name(sweep.name)
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["dropout.output=0.1", "dropout.output=0.3"]
+    by_name = {r.info.run_name: r for r in runs}
+    for job in ("0", "1"):
+        res = result(sweep / job)
+        mlrun = by_name[f"dropout.output={res['dropout.output']}"]
+        assert mlrun.data.metrics["result/best_val_ppl"] == pytest.approx(float(res["best_val_ppl"]))
+
+
+def warnings_logged(run_dir: Path) -> list[str]:
+    return [line for line in (run_dir / "rnnlm_train.log").read_text().splitlines() if "[WARNING]" in line]
+
+
+def test_a_failing_tracker_warns_once_and_the_run_is_unchanged(run, tmp_path, offline, monkeypatch):
+    """The disk under MLflow's store fills up once the run has started: one warning, and
+    metrics.csv, result.csv and the checkpoints are those of the same run without it."""
+    needs("mlflow")
+    from rnnlm.tracking.mlflow import MlflowRun
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(MlflowRun, "log_values", disk_full)
+    run_dir = tmp_path / "run"
+    assert train("logger=mlflow", f"logger.mlflow.tracking_uri={mlflow_uri(tmp_path)}", f"hydra.run.dir={run_dir}") == 0
+    warnings = warnings_logged(run_dir)
+    assert len(warnings) == 1 and "logger=mlflow" in warnings[0] and "No space left" in warnings[0]
+    strip = lambda row: {k: v for k, v in row.items() if k not in TIMING and k != "overrides"}  # noqa: E731
+    assert [strip(r) for r in metrics(run_dir)] == [strip(r) for r in metrics(run)]
+    assert strip(result(run_dir)) == strip(result(run))
+    assert (run_dir / "checkpoints" / "best.pt").read_bytes() == (run / "checkpoints" / "best.pt").read_bytes()
+
+
+def test_an_unreachable_tracking_server_warns_once_and_training_goes_on(tmp_path, offline):
+    needs("mlflow")
+    run_dir = tmp_path / "run"
+    assert train("trainer.max_epochs=1", "logger=mlflow", "logger.mlflow.tracking_uri=http://127.0.0.1:9",
+                 f"hydra.run.dir={run_dir}") == 0
+    warnings = warnings_logged(run_dir)
+    assert len(warnings) == 1 and "logger=mlflow start failed" in warnings[0]
+    assert result(run_dir)["status"] == "completed" and not (run_dir / "tracking.json").exists()
+
+
+def test_a_missing_extra_is_refused_before_the_run_starts(tmp_path, monkeypatch, capsys):
+    import rnnlm.tracking
+
+    monkeypatch.setitem(rnnlm.tracking.EXTRAS, "wandb", "rnnlm_test_no_such_package")
+    assert train("logger=wandb", f"hydra.run.dir={tmp_path / 'run'}") == 2
+    err = capsys.readouterr().err
+    assert err == ('rnnlm: error: logger=wandb needs the wandb package, which is not installed: '
+                   'pip install "rnnlm[wandb]"\n')
+    assert not (tmp_path / "run").exists()
