@@ -31,6 +31,11 @@ def numbers(run_dir):
     return [strip(r) for r in read_rows(run_dir / "metrics.csv")], strip(read_rows(run_dir / "result.csv")[0])
 
 
+def run_files(run_dir) -> dict:
+    """The contents of a run's files, less its claim (which records the last process to look)."""
+    return {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != CLAIM}
+
+
 def same_payload(a, b) -> bool:
     """Equal checkpoint contents, tensors compared exactly, timings ignored."""
     if isinstance(a, dict):
@@ -88,7 +93,7 @@ def test_runs_launched_together_never_share_a_directory(tmp_path):
 
 # ------------------------------------------------------------------ a signal at any moment
 STOPS = {  # where SIGTERM arrives -> what is left to do
-    "validation": ("rnnlm.training.trainer.evaluate", 2, "interrupted_train"),  # epoch 2's validation
+    "validation": ("rnnlm.training.trainer.segment_losses", 2, "interrupted_train"),  # epoch 2's validation
     "checkpoint": ("rnnlm.run.save_checkpoint", 2, "interrupted_train"),  # epoch 1's last.pt
     "test": ("rnnlm.run.evaluate", 1, "interrupted_test"),  # the final test
 }
@@ -124,7 +129,7 @@ def test_resume_auto_continues_the_interrupted_run_with_the_same_config(referenc
     run_dir = tmp_path / "run"
     command = ["train", *RUN, f"hydra.run.dir={run_dir}", "resume=auto"]
     with monkeypatch.context() as patch:
-        sigterm_on_call(patch, "rnnlm.training.trainer.evaluate", 2)
+        sigterm_on_call(patch, "rnnlm.training.trainer.segment_losses", 2)
         assert rnnlm_main(command) == 130
     hydra_files = {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir()}
     assert rnnlm_main(command) == 0  # the same command again, as a requeued job runs it
@@ -133,17 +138,22 @@ def test_resume_auto_continues_the_interrupted_run_with_the_same_config(referenc
     assert {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir()} == hydra_files
 
 
-def test_resume_auto_refuses_a_completed_a_different_or_a_running_run(reference, tmp_path, monkeypatch, capsys):
+def test_resume_auto_passes_over_a_completed_run_and_refuses_a_different_or_a_running_one(
+    reference, tmp_path, monkeypatch, capsys
+):
     def refused(*overrides: str) -> str:
         assert rnnlm_main(["train", *RUN, *overrides, "resume=auto"]) == 2
         err = capsys.readouterr().err
         assert err.startswith("rnnlm: error: ") and err.count("\n") == 1
         return err
 
-    assert "holds a completed run" in refused(f"hydra.run.dir={reference}")
+    files = run_files(reference)
+    assert rnnlm_main(["train", *RUN, f"hydra.run.dir={reference}", "resume=auto"]) == 0  # nothing to do
+    assert run_files(reference) == files
+    assert "different config (seed=141, not 2)" in refused(f"hydra.run.dir={reference}", "seed=2")
     run_dir = tmp_path / "run"
     with monkeypatch.context() as patch:
-        sigterm_on_call(patch, "rnnlm.training.trainer.evaluate", 2)
+        sigterm_on_call(patch, "rnnlm.training.trainer.segment_losses", 2)
         assert rnnlm_main(["train", *RUN, f"hydra.run.dir={run_dir}"]) == 130
     capsys.readouterr()
     assert "different config (seed=141, not 2)" in refused(f"hydra.run.dir={run_dir}", "seed=2")
@@ -151,6 +161,21 @@ def test_resume_auto_refuses_a_completed_a_different_or_a_running_run(reference,
         assert "in use by a running process" in refused(f"hydra.run.dir={run_dir}")
     assert read_rows(run_dir / "result.csv")[0]["status"] == "interrupted"  # untouched
 
+
+
+def test_a_sweep_continued_with_resume_auto_passes_over_its_finished_jobs(tmp_path, monkeypatch):
+    """SIGTERM in the second of two seeds stops the sweep; the same command with resume=auto
+    leaves the finished job's files as they are and finishes the second, exit 0."""
+    sweep = tmp_path / "sweep"
+    command = ["train", "-m", *RUN, "trainer.max_epochs=1", "seed=1,2", f"hydra.sweep.dir={sweep}"]
+    with monkeypatch.context() as patch:
+        sigterm_on_call(patch, "rnnlm.training.trainer.segment_losses", 2)  # the second job's validation
+        assert rnnlm_main(command) == 130
+    assert [read_rows(sweep / job / "result.csv")[0]["status"] for job in "01"] == ["completed", "interrupted"]
+    finished = {p: p.read_bytes() for p in (sweep / "0").rglob("*") if p.is_file()}
+    assert rnnlm_main([*command, "resume=auto"]) == 0
+    assert {p: p.read_bytes() for p in (sweep / "0").rglob("*") if p.is_file()} == finished
+    assert read_rows(sweep / "1" / "result.csv")[0]["status"] == "completed"
 
 # ----------------------------------------------------------------------- failed writes
 def test_a_full_disk_keeps_the_last_good_files_and_the_run_resumes(reference, tmp_path, monkeypatch, capsys):

@@ -74,6 +74,14 @@ RESUME_AUTO = "RNNLM_RESUME"  # set to "auto" (hydra.job.env_set) by `rnnlm trai
 SWEEP_SHARED = "RNNLM_SWEEP_SHARED"
 
 
+class RunFinished(Exception):
+    """``resume=auto`` found the run already finished (completed or diverged): nothing to do."""
+
+    def __init__(self, run_dir: Path, status: str, best: float):
+        super().__init__(f"resume=auto: {run_dir} holds a {status} run; nothing to do")
+        self.best = best
+
+
 class JobRefused(Exception):
     """A job of a sweep whose config or directory was refused before it wrote anything."""
 
@@ -202,6 +210,9 @@ def hydra_train(dcfg: DictConfig) -> float:
     try:
         cfg = validate(dcfg)  # before anything is written
         claim, resume = claim_run_dir(run_dir, cfg, auto)
+    except RunFinished as done:  # a sweep continued with resume=auto passes over its finished jobs
+        log.info("%s", done)
+        return done.best
     except (ConfigError, DataError, ClaimError) as exc:
         with contextlib.suppress(OSError):
             run_dir.rmdir()  # the empty directory Hydra made for a refused job (never a non-empty one)
@@ -249,7 +260,8 @@ def claim_run_dir(run_dir: Path, cfg: RunConfig, auto: bool) -> tuple[Claim, boo
 
     A new run needs a directory no run has claimed. With ``resume=auto`` a directory that
     holds a stopped run with the same config is taken over and continued (``resume`` is
-    True when it has a checkpoint to continue from); a different or finished run is refused.
+    True when it has a checkpoint to continue from); a different run is refused, and a
+    finished one raises :class:`RunFinished`, so that the same command finishes a sweep.
     """
     used = is_claimed(run_dir) or holds_run(run_dir) or (run_dir / HYDRA_DIR).exists()
     if not auto:
@@ -264,24 +276,29 @@ def claim_run_dir(run_dir: Path, cfg: RunConfig, auto: bool) -> tuple[Claim, boo
     claim = claim_stopped(run_dir)
     try:
         check_same_run(run_dir, cfg)
-    except ClaimError:
+    except (ClaimError, RunFinished):
         claim.release()
         raise
     return claim, (run_dir / LAST).is_file()
 
 
 def check_same_run(run_dir: Path, cfg: RunConfig) -> None:
-    """``resume=auto``: the stopped run in ``run_dir`` must be unfinished and have ``cfg``'s config."""
+    """``resume=auto``: the stopped run in ``run_dir`` must have ``cfg``'s config (ClaimError);
+    RunFinished if it has already completed or diverged."""
     from ..results import read_csv
-    from .resume import BUDGET_KEYS, load_saved_config
 
+    check_same_config(run_dir, cfg)
     if (run_dir / "result.csv").is_file():
         (row,) = read_csv(run_dir / "result.csv") or [{}]
         if row.get("status") in ("completed", "diverged"):
-            raise ClaimError(
-                f"resume=auto: {run_dir} holds a {row['status']} run; nothing to continue "
-                f"(choose a new hydra.run.dir)"
-            )
+            best = row.get("best_val_ppl")
+            raise RunFinished(run_dir, row["status"], float(best) if best and row["status"] == "completed" else math.inf)
+
+
+def check_same_config(run_dir: Path, cfg: RunConfig) -> None:
+    """ClaimError unless ``run_dir`` is empty of run files or holds a run of ``cfg``'s config."""
+    from .resume import BUDGET_KEYS, load_saved_config
+
     if not (run_dir / HYDRA_DIR / "config.yaml").is_file():
         if holds_run(run_dir):
             raise ClaimError(f"resume=auto: {run_dir} holds run files but no {HYDRA_DIR}/config.yaml; "
