@@ -149,12 +149,13 @@ def test_a_bad_job_fails_alone_and_leaves_nothing(tmp_path, capsys):
     assert not (tmp_path / "sweep" / "1").exists()
 
 
-def test_the_cli_uses_only_hydras_public_surface():
+def test_the_cli_and_the_sweeper_use_only_hydras_public_surface():
+    import hydra_plugins.rnnlm_optuna_sweeper as sweeper
+
     import rnnlm
 
-    package = Path(rnnlm.__file__).parent
-    private = [str(p.relative_to(package)) for p in package.rglob("*.py") if "hydra._internal" in p.read_text()]
-    assert private == []
+    files = [p for package in (rnnlm, sweeper) for p in Path(package.__file__).parent.rglob("*.py")]
+    assert len(files) > 10 and [str(p) for p in files if "hydra._internal" in p.read_text()] == []
 
 
 def study_trials(sweep_dir, name="dropout"):
@@ -227,6 +228,17 @@ def test_a_search_prunes_a_hopeless_trial_at_an_epoch_end(tmp_path):
     (row,) = job_results(sweep)
     assert (row["status"], row["stop_reason"], row["epochs_run"]) == ("completed", "pruned", "1")
     assert float(row["test_ppl"]) > 1 and float(row["best_val_ppl"]) == pytest.approx(trial.intermediate_values[1])
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (("hydra/sweeper=rnnlm_optuna",), "the search has no dimension"),
+    (("sweep=optuna_dropout", "hydra.sweeper.pruner.name=bogus"), "pruner.name=bogus is not one of none, median, hyperband"),
+])
+def test_a_bad_search_is_refused_in_one_line_and_leaves_nothing(tmp_path, capsys, overrides, message):
+    assert rnnlm_main(["train", "-m", *QUICK, *overrides, f"hydra.sweep.dir={tmp_path / 'sweep'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rnnlm: error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "sweep").exists()
 
 
 def test_the_search_uses_a_maintained_optuna():

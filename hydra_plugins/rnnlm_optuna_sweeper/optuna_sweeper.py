@@ -32,6 +32,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep, Transformer
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import HydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
@@ -43,8 +44,8 @@ log = logging.getLogger(__name__)
 RESULTS = "optimization_results.yaml"
 
 
-class SearchSpaceError(ValueError):
-    """A parameter of the search space that Optuna cannot sample."""
+class SearchError(HydraException):
+    """A search that cannot run as configured (a Hydra error: ``rnnlm train`` prints its one line)."""
 
 
 def distribution(override: Override) -> Any:
@@ -66,7 +67,7 @@ def distribution(override: Override) -> Any:
         if isinstance(value.start, int) and isinstance(value.end, int):
             return IntDistribution(int(value.start), int(value.end), log=log_scale)
         return FloatDistribution(float(value.start), float(value.end), log=log_scale)
-    raise SearchSpaceError(f"{override.input_line} is not a search dimension: use interval(), range() or choice()")
+    raise SearchError(f"{override.input_line} is not a search dimension: use interval(), range() or choice()")
 
 
 def search_space(arguments: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
@@ -121,8 +122,13 @@ class OptunaSweeper(Sweeper):
         assert self.config is not None
         space, fixed = search_space([*(f"{k}={v}" for k, v in self.params.items()), *arguments])
         if not space:
-            raise SearchSpaceError("the search has no dimension: give hydra.sweeper.params or an override "
-                                   "such as 'dropout.output=interval(0,0.6)'")
+            raise SearchError("the search has no dimension: give hydra.sweeper.params or an override "
+                              "such as 'dropout.output=interval(0,0.6)'")
+        try:  # a bad sampler or pruner stops the search before its study is created
+            _study.sampler(self.settings["sampler"])
+            _study.pruner(self.settings["pruner"])
+        except (ValueError, TypeError) as exc:
+            raise SearchError(str(exc)) from None
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         study = _study.open_study(self.settings, _study.storage(self.settings["storage"], sweep_dir))
         stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))

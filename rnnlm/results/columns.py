@@ -52,7 +52,7 @@ SETTING_COLUMNS = (
 RESULT_COLUMNS = (
     "seed",
     "status",  # running | completed | diverged | interrupted | failed
-    "stop_reason",  # max_epochs | max_minutes | finetune_converged | diverged | interrupted_{train,finetune,test}
+    "stop_reason",  # max_epochs | max_minutes | finetune_converged | diverged | pruned | interrupted_{train,finetune,test}
     "vocab_size",
     "train_tokens",
     "valid_tokens",
