@@ -95,6 +95,19 @@ def test_bad_input_one_line_exit_2_nothing_written(overrides, message, tmp_path,
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
 
 
+@pytest.mark.parametrize("argv,message", [
+    (["--cfg", "job", "-m", "experiment=smoke", "seed=1,2"], "Only one of --run, --multirun, --cfg, --info"),
+    (["-m", "--cfg", "hydra", "experiment=smoke"], "Only one of --run, --multirun, --cfg, --info"),
+    (["--resolve", "experiment=smoke"], "The --resolve flag can only be used in conjunction with --cfg"),
+    (["--shell-completion", "experiment=smoke"], "Expecting one subcommand"),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else "")
+def test_hydra_flags_that_do_not_go_together_are_one_line_exit_2(argv, message, tmp_path, capsys):
+    assert rnnlm_main(["train", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("rnnlm: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
+
+
 def test_non_utf8_split_is_one_clear_line(tmp_path, capsys):
     data = tmp_path / "corpus"
     data.mkdir()

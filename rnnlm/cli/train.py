@@ -174,7 +174,10 @@ def remove_empty_sweep() -> None:
 class Guard(Callback):
     """Checks before Hydra creates anything (public callback API, any sweeper or launcher)."""
 
+    started = False  # whether Hydra got as far as a run or a sweep (else: its command line failed)
+
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        Guard.started = True
         try:
             validate(task_part(config))
         except (ConfigError, DataError) as exc:
@@ -188,6 +191,7 @@ class Guard(Callback):
             raise SystemExit(fail(f"hydra.run.dir={run_dir} cannot be created: {exc.strerror or exc}")) from None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        Guard.started = True
         sweep = Path(str(config.hydra.sweep.dir))
         _new_sweep_dirs[:] = [p for p in (sweep, *sweep.parents) if not p.exists()]
         if config.hydra.job.env_set.get(RESUME_AUTO) == "auto":
@@ -357,6 +361,7 @@ def train_command(argv: list[str]) -> int:
         argv = [arg for arg in argv if arg != "resume=auto"] + [f"++hydra.job.env_set.{RESUME_AUTO}=auto"]
     sys.argv = ["rnnlm train", *argv]
     _checked_data.clear()
+    Guard.started = False
     _new_sweep_dirs.clear()
     logging.getLogger("alembic").setLevel(logging.WARNING)  # optuna's import chatter
     # Hydra re-raises instead of printing a traceback, so every error becomes one line here.
@@ -368,6 +373,11 @@ def train_command(argv: list[str]) -> int:
     handlers, level = root.handlers[:], root.level  # Hydra configures logging for the process
     try:
         hydra_train()
+    except ValueError as exc:
+        if Guard.started:
+            raise  # from a job: a fault of rnnlm, shown in full
+        # Hydra's command line (e.g. --cfg with -m, --resolve without --cfg): no job has begun
+        return fail(f"{exc}; see `rnnlm train --help`")
     except (HydraException, OmegaConfBaseException) as exc:
         remove_empty_sweep()
         return fail(describe(exc))
