@@ -167,7 +167,7 @@ def study_trials(sweep_dir, name="dropout"):
     return optuna.load_study(study_name=name, storage=storage).get_trials()
 
 
-SEARCH = (*QUICK, "trainer.max_epochs=2", "threads=1", "sweep=optuna_dropout")  # 2 epochs of 5 segments a trial
+SEARCH = (*QUICK, "threads=1", "sweep=optuna_dropout")  # trials of 5 segments an epoch
 
 
 def test_an_interrupted_search_continues_where_it_stopped(tmp_path, monkeypatch):
@@ -179,7 +179,7 @@ def test_an_interrupted_search_continues_where_it_stopped(tmp_path, monkeypatch)
     sweep = tmp_path / "sweep"
     command = ["train", "-m", *SEARCH, "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep}"]
     with monkeypatch.context() as patch:
-        sigterm_on_call(patch, "rnnlm.training.trainer.get_batch", 10 + 3)
+        sigterm_on_call(patch, "rnnlm.training.trainer.get_batch", 5 + 3)  # trial 1, its third segment
         assert rnnlm_main(command) == 130
     before = study_trials(sweep)
     assert [t.state for t in before] == [TrialState.COMPLETE, TrialState.RUNNING]
@@ -192,7 +192,7 @@ def test_an_interrupted_search_continues_where_it_stopped(tmp_path, monkeypatch)
     assert [t.params for t in after[:2]] == [t.params for t in before]  # trial 1 kept its rates
     assert {p: p.read_bytes() for p in kept} == kept  # the finished trials were not run again
     results = job_results(sweep)
-    assert [r["status"] for r in results] == ["completed"] * 3 and [r["epochs_run"] for r in results] == ["2"] * 3
+    assert [r["status"] for r in results] == ["completed"] * 3 and [r["epochs_run"] for r in results] == ["1"] * 3
     for trial, row in zip(after, results):
         assert trial.value == pytest.approx(float(row["best_val_ppl"]))
         assert float(row["dropout.output"]) == pytest.approx(trial.params["dropout.output"])
@@ -221,7 +221,8 @@ def test_a_search_prunes_a_hopeless_trial_at_an_epoch_end(tmp_path):
     study.add_trial(optuna.trial.create_trial(
         params={"dropout.output": 0.1}, distributions={"dropout.output": FloatDistribution(0.0, 0.6)},
         value=1.0, intermediate_values={1: 1.0, 2: 1.0}))
-    assert rnnlm_main(["train", "-m", *SEARCH, "hydra.sweeper.n_trials=2", "hydra.sweeper.pruner.name=median",
+    assert rnnlm_main(["train", "-m", *SEARCH, "trainer.max_epochs=2", "hydra.sweeper.n_trials=2",
+                       "hydra.sweeper.pruner.name=median",
                        "hydra.sweeper.pruner.n_startup_trials=1", f"hydra.sweep.dir={sweep}"]) == 0
     trial = study_trials(sweep)[1]
     assert trial.state == TrialState.PRUNED and trial.user_attrs == {"pruned_at_epoch": 1}

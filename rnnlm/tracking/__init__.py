@@ -40,7 +40,7 @@ from .config import LoggerConfig
 log = logging.getLogger(__name__)
 
 STATE_FILE = "tracking.json"
-# logger option -> (module that must be importable, extra that installs it)
+# logger option -> the module it needs; the extra that installs it has the option's name
 EXTRAS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
 
 
