@@ -172,10 +172,11 @@ def test_a_sweep_continued_with_resume_auto_passes_over_its_finished_jobs(tmp_pa
         sigterm_on_call(patch, "rnnlm.training.trainer.segment_losses", 2)  # the second job's validation
         assert rnnlm_main(command) == 130
     assert [read_rows(sweep / job / "result.csv")[0]["status"] for job in "01"] == ["completed", "interrupted"]
-    finished = {p: p.read_bytes() for p in (sweep / "0").rglob("*") if p.is_file()}
+    finished = run_files(sweep / "0")
     assert rnnlm_main([*command, "resume=auto"]) == 0
-    assert {p: p.read_bytes() for p in (sweep / "0").rglob("*") if p.is_file()} == finished
+    assert run_files(sweep / "0") == finished
     assert read_rows(sweep / "1" / "result.csv")[0]["status"] == "completed"
+
 
 # ----------------------------------------------------------------------- failed writes
 def test_a_full_disk_keeps_the_last_good_files_and_the_run_resumes(reference, tmp_path, monkeypatch, capsys):
