@@ -150,6 +150,10 @@ def test_resume_auto_passes_over_a_completed_run_and_refuses_a_different_or_a_ru
     files = run_files(reference)
     assert rnnlm_main(["train", *RUN, f"hydra.run.dir={reference}", "resume=auto"]) == 0  # nothing to do
     assert run_files(reference) == files
+    # a tracker is not part of what is trained: the run is still this one
+    assert rnnlm_main(["train", *RUN, "logger=tensorboard",
+                       f"hydra.run.dir={reference}", "resume=auto"]) == 0
+    assert run_files(reference) == files
     assert "different config (seed=141, not 2)" in refused(f"hydra.run.dir={reference}", "seed=2")
     run_dir = tmp_path / "run"
     with monkeypatch.context() as patch:

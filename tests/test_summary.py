@@ -460,3 +460,15 @@ def test_each_test_figure_is_paired_with_the_validation_of_the_same_weights(tmp_
     printed = read_csv_block(capsys.readouterr().out)
     assert printed["val_ppl_mean"].tolist() == [pytest.approx(60.0), pytest.approx(64.0)]
     assert printed["test_ppl_mean"].tolist() == [pytest.approx(59.0), pytest.approx(59.0)]
+
+
+def test_runs_that_differ_only_in_their_trackers_are_one_group(tmp_path, capsys):
+    for seed in (1, 2):
+        make_run(tmp_path / str(seed), seed=seed, val=60.0 + seed)
+    config = tmp_path / "2" / ".hydra" / "config.yaml"
+    cfg = OmegaConf.load(config)
+    cfg.logger.tensorboard = {"dir": "/tmp/tb"}
+    OmegaConf.save(cfg, config)
+    assert main([str(tmp_path), "--format", "csv"]) == 0
+    printed = read_csv_block(capsys.readouterr().out)
+    assert printed["n"].tolist() == [2] and not any(c.startswith("logger") for c in printed.columns)

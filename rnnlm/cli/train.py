@@ -313,7 +313,8 @@ def check_same_config(run_dir: Path, cfg: RunConfig) -> None:
     except (ConfigError, OmegaConfBaseException) as exc:
         raise ClaimError(f"resume=auto: cannot read {run_dir}/{HYDRA_DIR}/config.yaml: {describe(exc)}") from None
     new = settings(cfg)
-    differ = [k for k in new if k not in BUDGET_KEYS and saved.get(k) != new[k]]
+    # the budget may grow, and trackers may be added or dropped: neither changes what is trained
+    differ = [k for k in new if k not in BUDGET_KEYS and not k.startswith("logger.") and saved.get(k) != new[k]]
     if differ:
         key = differ[0]
         raise ClaimError(

@@ -22,7 +22,8 @@ from .tables import Metric
 PROG = "rnnlm summary"
 GROUPING_HELP = textwrap.fill(
     f"grouping: by default, the config keys that differ between runs, except "
-    f"{', '.join(tables.BOOKKEEPING_KEYS)}. Numeric keys are rates; the others define a variant "
+    f"{', '.join(tables.BOOKKEEPING_KEYS)} (and the keys below them). Numeric keys are rates; the others "
+    "define a variant "
     "(best by validation is per variant).", width=74)
 EPILOG = f"""\
 metrics: a metric names a validation/test pair; the group with the lowest

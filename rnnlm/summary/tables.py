@@ -19,8 +19,9 @@ from .runs import eval_pair, is_missing
 
 # Config keys that never define an experiment, so never auto-group: the seed is
 # what we average over; the rest only say where/how a run was executed.
+# A key also covers the keys below it (``logger``: which trackers watched a run).
 BOOKKEEPING_KEYS = ("seed", "resume", "device", "threads", "dataset.path", "dataset.cache_dir",
-                    "trainer.progress", "trainer.max_minutes")
+                    "trainer.progress", "trainer.max_minutes", "logger")
 FORMATS = ("markdown", "csv", "latex")
 DASH = {"markdown": "—", "latex": "---", "csv": ""}
 
@@ -88,10 +89,14 @@ def reported_metrics(frame: pd.DataFrame, metric: Metric) -> list[Metric]:
     return [metric, *(m for m in (PPL, MC_PPL) if m != metric and frame[m.val].notna().any())]
 
 
+def is_bookkeeping(key: str) -> bool:
+    return any(key == b or key.startswith(f"{b}.") for b in BOOKKEEPING_KEYS)
+
+
 def split_keys(frame: pd.DataFrame, config_keys: Iterable[str], group_by: list[str] | None):
     """(variant keys, rate keys) of ``group_by`` or else of the config keys (minus bookkeeping)
     that take more than one value across runs; rates are the numeric non-boolean keys."""
-    keys = group_by or [k for k in config_keys if k in frame and k not in BOOKKEEPING_KEYS
+    keys = group_by or [k for k in config_keys if k in frame and not is_bookkeeping(k)
                         and frame[k].astype(str).nunique() > 1]
     rates = [k for k in keys if is_numeric_dtype(frame[k]) and not is_bool_dtype(frame[k])]
     return [k for k in keys if k not in rates], rates
