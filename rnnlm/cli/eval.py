@@ -22,6 +22,8 @@ from ..evaluation.runner import Evaluator, McSettings, Plan, check_sizes, stream
 from ..evaluation.runs import RunError, load_run
 from ..results import read_csv
 from ..training.evaluate import GAL_MC_SAMPLES
+from ..config import Precision
+from ..precision import autocast, numerics
 from ..run import cpu_threads
 from ..tracking import Tracking
 from .errors import fail
@@ -48,6 +50,8 @@ RUN_DIR/eval.csv and printed. Keys (default in brackets):
                          valid, test_batch_size for test; pointer, dynamic, file: 1]
   bptt=N                 segment length of standard/mc/pointer [run's trainer.bptt]
   device=auto|cpu|cuda|cuda:N [auto]    threads=N   CPU threads [torch default]
+  precision=fp32|tf32|bf16|fp16  arithmetic of the forward passes [the run's
+                         precision]; fp16 needs CUDA
   data=DIR               the run's corpus files, if they moved [run's dataset.path]
 
   mc.samples=S           MC predictions per token [run's eval.mc_samples, else
@@ -132,6 +136,7 @@ KEYS: dict[str, Callable[[str], Any]] = {
     "bptt": _int,
     "device": _device,
     "threads": _int,
+    "precision": _choice(*(p.value for p in Precision)),
     "data": str,
     "mc.samples": _int,
     "mc.columns": _int,
@@ -259,16 +264,20 @@ def _score(run_dir: Path, rest: list[str], keys: dict[str, Any]) -> int:
     if status != "completed":
         print(f"rnnlm eval: note: {run_dir} has status {status or 'unknown'}; scoring its "
               f"{run.checkpoint} checkpoint as it is now", file=sys.stderr)
+    precision = Precision(keys.get("precision", run.cfg.precision))
+    if precision is Precision.fp16 and run.device.type != "cuda":
+        return fail("precision=fp16 needs a CUDA device; on CPU use precision=bf16 or fp32")
     evaluator = Evaluator(run, plan)
     path = None
     written = []
-    for method in plan.methods:
-        for stream in data:
-            _, row = evaluator.score(method, stream)
-            row["overrides"] = " ".join(rest)
-            path = append_rows(run_dir, [row])
-            written.append(row)
-            print(_line(row), flush=True)
+    with numerics(precision, False, run.device), autocast(precision, run.device):
+        for method in plan.methods:
+            for stream in data:
+                _, row = evaluator.score(method, stream)
+                row.update(precision=precision.value, overrides=" ".join(rest))
+                path = append_rows(run_dir, [row])
+                written.append(row)
+                print(_line(row), flush=True)
     tracking = Tracking(run.cfg.logger, run_dir, name=run_dir.name, attach_only=True)  # the run's own tracker runs
     tracking.eval_rows(written, step=len(read_rows(run_dir)))
     tracking.close()

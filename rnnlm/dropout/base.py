@@ -83,13 +83,15 @@ def _pool(workers: int) -> ThreadPoolExecutor:
 
 def bernoulli_mask(shape, p: float, like: torch.Tensor) -> torch.Tensor:
     """Inverted-dropout mask of ``shape`` (``like``'s dtype and device): 0 with
-    probability p, else 1/(1-p).
+    probability p, else 1/(1-p). The draw is that of fp32 for bf16/fp16 ``like``.
 
     Drawn as ``U >= p`` with U ~ U[0, 1), i.e. Bernoulli(1 - p): on CPU ~4x faster
     than ``Tensor.bernoulli_`` (16 vs 63 ms for a 4600 x 1150 W_hh mask); large CPU
     masks are drawn in parallel chunks (see above), ~2x faster again.
     """
     numel = math.prod(shape)
+    if like.dtype in (torch.bfloat16, torch.float16):  # drawn as in fp32: the same mask under autocast
+        return bernoulli_mask(shape, p, like.new_empty(0, dtype=torch.float32)).to(like.dtype)
     if like.device.type != "cpu" or numel < _PARALLEL_MIN_NUMEL:
         return torch.rand(shape, dtype=like.dtype, device=like.device).ge_(p).div_(1.0 - p)
     out = torch.empty(shape, dtype=like.dtype)

@@ -50,8 +50,18 @@ class FusedMasks(NamedTuple):
 def fused_lstm(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor,
                b_hh: Tensor, masks: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
     """``x (T, B, I)``, ``h0``/``c0`` ``(B, H)``, masks named as the fields of :class:`FusedMasks`
-    -> ``out (T, B, H)``, ``h_n``, ``c_n``. Gates i, f, g, o as in PyTorch."""
-    return _StepLSTMFunction.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, *FusedMasks(**masks))
+    -> ``out (T, B, H)``, ``h_n``, ``c_n``. Gates i, f, g, o as in PyTorch.
+
+    Under ``torch.autocast`` every operand is cast to the autocast dtype first (the casts are
+    differentiable, so fp32 weights get fp32 gradients) and the loop runs in that dtype with
+    autocast off, as cuDNN's LSTM does under autocast."""
+    tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, *FusedMasks(**masks))
+    kind = x.device.type
+    if not torch.is_autocast_enabled(kind):
+        return _StepLSTMFunction.apply(*tensors)
+    dtype = torch.get_autocast_dtype(kind)
+    with torch.autocast(kind, enabled=False):
+        return _StepLSTMFunction.apply(*(None if t is None else t.to(dtype) for t in tensors))
 
 
 # --------------------------------------------------------------------------- GEMMs
@@ -170,6 +180,11 @@ class _StepLSTMFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dY, dh_n, dc_n):
+        with torch.autocast(dY.device.type, enabled=False):  # in the forward's dtype
+            return _StepLSTMFunction._backward(ctx, dY, dh_n, dc_n)
+
+    @staticmethod
+    def _backward(ctx, dY, dh_n, dc_n):
         x, h0, w_ih, w_hh, mask_h, mask_g, zone_h, zone_c, mask_x, A, C, TC, Y = ctx.saved_tensors
         T, B, H = Y.shape
         untied = mask_h is not None and mask_h.dim() == 3

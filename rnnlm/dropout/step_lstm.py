@@ -31,6 +31,7 @@ from typing import ClassVar, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..precision import lstm_kernel
 from .base import StochasticModule
 from .fused_lstm import fused_lstm
 from .scheme import RecurrentScheme, get_scheme
@@ -165,7 +166,7 @@ class StepLSTM(nn.LSTM, StochasticModule):
         if masks is None and self.scheme.active():
             masks = self.sample_masks(T, B) if self.stochastic else self.expected_masks(T, B)
         if masks is None:  # nothing to drop: nn.LSTM's fused kernel
-            return super().forward(x, hx)
+            return lstm_kernel(super().forward, x, hx)
         if self.fused and self.scheme.fusable:
             out, h_n, c_n = fused_lstm(x, hx[0][0], hx[1][0], *self._weights, masks)
         else:

@@ -50,6 +50,7 @@ EVAL_COLUMNS = (
     "dynamic.stats_batch_size",
     "dataset",
     "device",
+    "precision",  # fp32 | tf32 | bf16 | fp16 (rnnlm eval precision=, default the run's)
     "torch_version",
     "rnnlm_version",
     "git_revision",

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..config import DropoutConfig, ModelConfig, WordMask
 from ..dropout import EmbeddingDropout, SequenceDropout, recurrent_layer
+from ..precision import to_fp32
 
 Hidden = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: (h, c), each (1, B, H_l)
 
@@ -87,7 +88,9 @@ class AWDLSTM(nn.Module):
             if l < len(self.rnns) - 1:
                 x = self.hidden_dropout(x)
         output = self.output_dropout(x)
-        return LMOutput(self.decoder(output), new_hidden, x, output)
+        # Logits in fp32 even when autocast computed the decoder in bf16/fp16: the loss and
+        # every evaluation are computed from them.
+        return LMOutput(to_fp32(self.decoder(output)), new_hidden, x, output)
 
 
 def repackage_hidden(hidden: Hidden) -> Hidden:

@@ -47,6 +47,7 @@ SETTING_COLUMNS = (
     "eval.test_weights",
     "dropout.recurrent.per_gate_input",
     "optim.weight_shrink",
+    "precision",
 )
 
 RESULT_COLUMNS = (

@@ -1,11 +1,20 @@
-"""No recurrent dropout: the layer is ``nn.LSTM``."""
+"""No recurrent dropout: the layer is an ``nn.LSTM``."""
 
 from __future__ import annotations
 
 from torch import nn
 
 from ...config import ConfigError
+from ...precision import lstm_kernel
 from ..scheme import RecurrentScheme
+
+
+class LSTM(nn.LSTM):
+    """``nn.LSTM`` ``(T, B, I) -> (T, B, H)`` whose CPU kernel runs in fp32 under autocast where
+    it has no bf16 form (:func:`rnnlm.precision.lstm_kernel`)."""
+
+    def forward(self, x, hx=None):
+        return lstm_kernel(super().forward, x, hx)
 
 
 class NoRecurrentDropout(RecurrentScheme):
@@ -23,4 +32,4 @@ class NoRecurrentDropout(RecurrentScheme):
     @classmethod
     def build(cls, input_size: int, hidden_size: int, rate: float, mask: str, cell_rate: float = 0.0,
               input_rate: float = 0.0) -> nn.LSTM:
-        return nn.LSTM(input_size, hidden_size)
+        return LSTM(input_size, hidden_size)

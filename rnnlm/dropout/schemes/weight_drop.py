@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from ...precision import lstm_kernel
 from ..base import StochasticModule, bernoulli_mask
 from ..scheme import RecurrentScheme
 
@@ -77,10 +78,10 @@ class WeightDropLSTM(StochasticModule):
         """``x (T, B, I)``, ``hx`` = (h0, c0) each (1, B, H) -> (out (T, B, H), (h_n, c_n))."""
         if mask is None:
             if not self.stochastic or self.p == 0:
-                return self.lstm(x, hx)
+                return lstm_kernel(self.lstm, x, hx)
             mask = self.held_mask("mask", self.sample_mask)
         weight = self.dropped_weight(mask)
-        return functional_call(self.lstm, {"weight_hh_l0": weight}, (x, hx))
+        return lstm_kernel(lambda x, hx: functional_call(self.lstm, {"weight_hh_l0": weight}, (x, hx)), x, hx)
 
     def extra_repr(self) -> str:
         return f"p={self.p}, mask={self.mask}"
