@@ -29,6 +29,7 @@ from .atomic import WriteError
 from .config import ConfigError, RunConfig, TestWeights, settings
 from .data import Corpus, batchify, load_dataset
 from .model import AWDLSTM, count_parameters
+from .precision import autocast, numerics
 from .results import METRICS_COLUMNS, RESULT_COLUMNS, SETTING_COLUMNS, write_csv
 from .training import Diverged, Trainer, evaluate, evaluate_mc, load_checkpoint, perplexity, save_checkpoint
 from .training.optim import averaged_weights
@@ -68,6 +69,16 @@ def resolve_device(name: str) -> torch.device:
                 f"use cuda:0..cuda:{torch.cuda.device_count() - 1}."
             )
     return device
+
+
+def sweep_device(name: str, job: int, gpus: int) -> str:
+    """The device of job ``job`` (0-based) of a sweep on a machine with ``gpus`` visible GPUs:
+    ``cuda`` (or ``auto`` when there are GPUs) becomes ``cuda:{job mod gpus}``, so the jobs of a
+    joblib sweep spread over the GPUs; a pinned ``cuda:N``, and ``cpu``, stay as they are.
+    Under SLURM each job sees only the GPU it was given, so it runs on ``cuda:0`` of its own."""
+    if gpus > 0 and name in ("cuda", "auto"):
+        return f"cuda:{job % gpus}"
+    return name
 
 
 def holds_run(run_dir: Path) -> bool:
@@ -145,15 +156,18 @@ def train(
     error) leaves the previous file intact, records ``status=failed`` where it still can and
     raises :class:`~rnnlm.atomic.WriteError`; the run resumes from its last good checkpoint.
 
-    ``cfg.threads`` sets torch's CPU thread count for the run; the caller's count is restored
-    afterwards.
+    ``cfg.threads`` sets torch's CPU thread count for the run, ``cfg.precision`` and
+    ``cfg.deterministic`` its numerics (:mod:`rnnlm.precision`); the caller's settings are
+    restored afterwards.
 
     The trackers of ``cfg.logger`` (:mod:`rnnlm.tracking`) get the run as ``name`` (None: its
     overrides, else the directory's name), in ``group`` (a sweep). ``stop_early(row)``,
     asked after each epoch with its metrics row, ends training there when it returns True
     (``stop_reason=pruned``; the test still runs): a search's pruner.
     """
-    with cpu_threads(cfg.threads), stop_on_signals() as stop:
+    device = resolve_device(cfg.device)
+    with cpu_threads(cfg.threads), numerics(cfg.precision, cfg.deterministic, device), \
+            stop_on_signals() as stop:
         return _train(cfg, run_dir, overrides, resume, stop, name, group, stop_early)
 
 
@@ -205,7 +219,7 @@ def _train(
         on_epoch_end=end_of_epoch, on_progress=progress,
     )
     if resume:
-        trainer.load_state_dict(load_checkpoint(files.path(LAST)))  # RNG states stay on CPU
+        trainer.load_state_dict(load_checkpoint(files.path(LAST)))  # on CPU; the trainer moves what it needs
         files.write_metrics(trainer.state.metrics)  # drop rows written after last.pt
     files.write_result(**progress_fields(trainer))
     tracking = Tracking(cfg.logger, files.dir, name=name or " ".join(overrides) or files.dir.name, group=group)
@@ -285,7 +299,7 @@ def final_test(trainer: Trainer, cfg: RunConfig, files: RunFiles, valid_data, te
     else:
         weights = averaged_weights(model, trainer.optimizer)
     bptt = cfg.trainer.bptt
-    with weights:
+    with weights, autocast(cfg.precision, device):
         test_loss = evaluate(model, test_data, bptt)
         out: dict[str, Any] = {"test_loss": test_loss, "test_ppl": perplexity(test_loss)}
         k = cfg.eval.mc_samples

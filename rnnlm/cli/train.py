@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import hydra
+import torch
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -47,7 +48,7 @@ from omegaconf.errors import OmegaConfBaseException
 from ..atomic import WriteError, atomic_write_text
 from ..config import ConfigError, RunConfig, settings
 from ..data import DataError, load_dataset
-from ..run import LAST, check_batch_sizes, holds_run, resolve_device, train
+from ..run import LAST, check_batch_sizes, holds_run, resolve_device, sweep_device, train
 from ..rundir import Claim, ClaimError, claim_new, claim_stopped, is_claimed
 from ..tracking import missing_extra
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, describe, fail
@@ -213,6 +214,8 @@ def hydra_train(dcfg: DictConfig) -> float:
     auto = os.environ.get(RESUME_AUTO) == "auto"
     try:
         cfg = validate(dcfg)  # before anything is written
+        if not single_run:  # job i of a sweep on GPU i mod G, unless pinned
+            cfg.device = sweep_device(cfg.device, hc.job.num, torch.cuda.device_count())
         claim, resume = claim_run_dir(run_dir, cfg, auto)
     except RunFinished as done:  # a sweep continued with resume=auto passes over its finished jobs
         log.info("%s", done)

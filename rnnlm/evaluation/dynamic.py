@@ -142,8 +142,9 @@ def gradient_statistics(
 class _Update:
     """The per-segment update of one rule, with its constant factors precomputed.
 
-    Two fused in-place passes per tensor: ``theta.lerp_(theta_0, a)`` (the decay; exact
-    when theta == theta_0) and ``theta.addcmul_(s, g, value=-1)`` / ``theta.add_(g, -lr)``.
+    Two fused in-place passes over all tensors at once (``_foreach`` ops, a few kernels per
+    segment on CUDA): ``theta.lerp_(theta_0, a)`` (the decay; exact when theta == theta_0) and
+    ``theta.addcmul_(s, g, value=-1)`` / ``theta.add_(g, -lr)``.
     """
 
     def __init__(self, params, theta0, settings: DynamicSettings, stats: Optional[GradientStats]) -> None:
@@ -159,14 +160,16 @@ class _Update:
 
     @torch.no_grad()
     def __call__(self, grads) -> None:
-        rms = self.settings.rule == "rms"
-        for p, p0, a, s, g in zip(self.params, self.theta0, self.pull, self.step, grads):
-            if self.settings.decay > 0:
-                p.lerp_(p0, a)
-            if rms:
-                p.addcmul_(s, g, value=-1.0)
+        grads = list(grads)
+        if self.settings.decay > 0:
+            if self.settings.rule == "rms":  # a per-element pull r * decay
+                torch._foreach_lerp_(self.params, self.theta0, self.pull)
             else:
-                p.add_(g, alpha=-s)
+                torch._foreach_lerp_(self.params, self.theta0, self.settings.decay)
+        if self.settings.rule == "rms":
+            torch._foreach_addcmul_(self.params, self.step, grads, value=-1.0)
+        else:
+            torch._foreach_add_(self.params, grads, alpha=-self.settings.lr)
 
 
 def evaluate_dynamic(
@@ -199,7 +202,7 @@ def evaluate_dynamic(
                 per_token = None
                 if keep_token_losses:
                     per_token = F.cross_entropy(logits.detach(), flat, reduction="none").view_as(targets)
-                acc.add(total.item(), targets.numel(), per_token)
+                acc.add(total, targets.numel(), per_token)
                 grads = torch.autograd.grad(total / targets.numel(), params)
             update(grads)
             hidden = out.hidden

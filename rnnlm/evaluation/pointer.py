@@ -144,5 +144,5 @@ def evaluate_pointer(
         log_p = pointer_log_probs(out.logits, out.raw_output, targets, cache, settings)  # (T, B, V)
         flat_p, flat_t = log_p.flatten(0, 1), targets.flatten()
         per_token = F.nll_loss(flat_p, flat_t, reduction="none").view_as(targets) if keep_token_losses else None
-        acc.add(F.nll_loss(flat_p, flat_t, reduction="sum").item(), targets.numel(), per_token)
+        acc.add(F.nll_loss(flat_p, flat_t, reduction="sum"), targets.numel(), per_token)
     return acc.score()

@@ -38,12 +38,16 @@ class ScoreAccumulator:
         self.keep = keep
         self.parts: list[torch.Tensor] = []
 
-    def add(self, segment_sum: float, tokens: int, per_token: Optional[torch.Tensor] = None) -> None:
-        self.total += segment_sum
+    def add(self, segment_sum: float | torch.Tensor, tokens: int, per_token: Optional[torch.Tensor] = None) -> None:
+        """A segment's summed loss, a float or a 0-d tensor; tensors are summed on their device
+        in float64 (the same sum as of their float values) and read once, by :meth:`score`."""
+        if isinstance(segment_sum, torch.Tensor):
+            segment_sum = segment_sum.detach().double()
+        self.total = self.total + segment_sum
         self.count += tokens
         if self.keep and per_token is not None:
             self.parts.append(per_token.detach().cpu())
 
     def score(self) -> Score:
         losses = torch.cat(self.parts) if self.keep and self.parts else None
-        return Score(self.total / self.count, self.count, losses)
+        return Score(float(self.total) / self.count, self.count, losses)

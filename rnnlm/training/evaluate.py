@@ -43,10 +43,12 @@ def segment_losses(model: AWDLSTM, data: torch.Tensor, bptt: int) -> list[tuple[
     """``(summed cross-entropy, targets)`` of each BPTT segment of ``data (L, B)`` in order,
     the state carried, masks off."""
     model.eval()
-    return [
-        (F.cross_entropy(out.logits.flatten(0, 1), targets.flatten(), reduction="sum").item(), targets.numel())
-        for out, targets in carried_segments(model, data, bptt)
-    ]
+    sums, counts = [], []
+    for out, targets in carried_segments(model, data, bptt):
+        sums.append(F.cross_entropy(out.logits.flatten(0, 1), targets.flatten(), reduction="sum"))
+        counts.append(targets.numel())
+    values = torch.stack(sums).tolist() if sums else []  # the one host sync
+    return list(zip(values, counts))
 
 
 def mean_loss(segments: list[tuple[float, int]]) -> float:

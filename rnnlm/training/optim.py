@@ -2,7 +2,8 @@
 
 ASGD is ``torch.optim.ASGD(lr, t0=0, lambd=0)`` as in awd-lstm-lm: plain SGD steps
 plus a running average ``ax`` of the iterates, used for validation, checkpoints and
-test once the switch has happened.
+test once the switch has happened. :class:`AveragedSGD` does its update with ``_foreach``
+ops on state that stays on the parameters' device, so a step never waits for the device.
 """
 
 from __future__ import annotations
@@ -18,8 +19,74 @@ def make_sgd(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Op
     return torch.optim.SGD(model.parameters(), lr=lr, weight_decay=weight_decay)
 
 
+class AveragedSGD(torch.optim.ASGD):
+    """``torch.optim.ASGD`` (Polyak & Juditsky 1992; its hyperparameters and state keys ``step``,
+    ``eta``, ``mu``, ``ax``) without host syncs: the maths of torch's ``capturable=True``
+    path, on every device. torch's default path reads ``step`` and ``mu`` with ``.item()``
+    (about 14 syncs per step for the AWD model on CUDA); its capturable path refuses CPU
+    tensors. Per parameter tensor p with gradient g, learning rate lr::
+
+        step += 1
+        p    -= eta * (g + weight_decay * p + lambd * p)
+        ax   += mu * (p - ax)
+        mu    = 1 / max(1, step - t0)
+        eta   = lr / (1 + lambd * lr * step) ** alpha
+
+    ``eta`` is updated after the step, so a step uses the lr of the step before (as
+    torch's ASGD, and so awd-lstm-lm). State dicts load both ways with ``torch.optim.ASGD``.
+    """
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, axs, mus, etas, steps = [], [], [], [], [], []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("ASGD does not support sparse gradients")
+                state = self.state[p]
+                if not state:
+                    scalar = dict(device=p.device, dtype=torch.get_default_dtype())
+                    state["step"] = torch.zeros((), **scalar)
+                    state["eta"] = torch.full((), float(group["lr"]), **scalar)  # a fill: no copy
+                    state["mu"] = torch.ones((), **scalar)
+                    state["ax"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                for key in ("step", "eta", "mu"):  # torch's default path keeps step on the CPU
+                    if state[key].device != p.device:
+                        state[key] = state[key].to(p.device)
+                params.append(p)
+                grads.append(-p.grad if group["maximize"] else p.grad)
+                axs.append(state["ax"])
+                mus.append(state["mu"])
+                etas.append(state["eta"])
+                steps.append(state["step"])
+            if not params:
+                continue
+            lr, lambd, alpha, t0 = float(group["lr"]), group["lambd"], group["alpha"], group["t0"]
+            torch._foreach_add_(steps, 1)
+            update = torch._foreach_add(grads, params, alpha=group["weight_decay"] + lambd)
+            torch._foreach_addcmul_(params, update, etas, value=-1)
+            torch._foreach_addcmul_(axs, torch._foreach_sub(params, axs), mus)
+            new_mus = torch._foreach_sub(steps, t0)
+            torch._foreach_maximum_(new_mus, 1.0)
+            torch._foreach_reciprocal_(new_mus)
+            torch._foreach_copy_(mus, new_mus)
+            new_etas = torch._foreach_mul(steps, lambd * lr)
+            torch._foreach_add_(new_etas, 1)
+            torch._foreach_pow_(new_etas, alpha)
+            torch._foreach_reciprocal_(new_etas)
+            torch._foreach_mul_(new_etas, lr)
+            torch._foreach_copy_(etas, new_etas)
+        return loss
+
+
 def make_asgd(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    return torch.optim.ASGD(model.parameters(), lr=lr, t0=0, lambd=0.0, weight_decay=weight_decay)
+    return AveragedSGD(model.parameters(), lr=lr, t0=0, lambd=0.0, weight_decay=weight_decay)
 
 
 @torch.no_grad()

@@ -41,20 +41,27 @@ class EpochProgress:
     def _next_mark(self, done: int) -> int:
         return (done // self.log_step + 1) * self.log_step
 
-    def update(self, tokens: int, loss: float, tokens_per_second: float) -> None:
+    def update(self, tokens: int) -> bool:
+        """Count ``tokens``; True when a mark (a tenth of the epoch) is reached: the caller
+        then reads its loss and calls :meth:`mark` (the loop reads the loss only there)."""
         self.done += tokens
         if self.bar is not None:
             self.bar.update(tokens)
+        return self.done >= self.next_log
+
+    def mark(self, loss: float, tokens_per_second: float) -> None:
+        """Report the epoch's mean training ``loss`` so far, on the bar or as a log line, and
+        call ``on_mark``."""
+        if self.bar is not None:
             self.bar.set_postfix(loss=f"{loss:.3f}", ppl=f"{perplexity(loss):.1f}",
                                  tok_s=f"{tokens_per_second:.0f}", refresh=False)
-        if self.done >= self.next_log:
-            if self.log_lines:
-                log.info("%s | %3.0f%% | loss %.3f | ppl %.1f | %.0f tok/s", self.desc,
-                         100.0 * self.done / max(self.total, 1), loss, perplexity(loss),
-                         tokens_per_second)
-            if self.on_mark is not None:
-                self.on_mark()
-            self.next_log = self._next_mark(self.done)
+        if self.log_lines:
+            log.info("%s | %3.0f%% | loss %.3f | ppl %.1f | %.0f tok/s", self.desc,
+                     100.0 * self.done / max(self.total, 1), loss, perplexity(loss),
+                     tokens_per_second)
+        if self.on_mark is not None:
+            self.on_mark()
+        self.next_log = self._next_mark(self.done)
 
     def close(self) -> None:
         if self.bar is not None:

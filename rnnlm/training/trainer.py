@@ -12,6 +12,10 @@ Everything the loop needs to continue (model, optimiser incl. ASGD averages,
 NT-ASGD history, RNG states, epoch, position in the epoch, hidden state, the
 metrics rows so far) is in :meth:`Trainer.state_dict`, so an interrupted run
 resumes to the same numbers as an uninterrupted one.
+
+The step loop never waits for the device: the loss stays a device tensor, summed on the
+device, and is read (one host sync) at each tenth of the epoch and at its end, where a
+non-finite loss stops the run (:class:`Diverged`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import torch.nn.functional as F
 from ..config import LossReduction, Optimizer, RunConfig
 from ..data import get_batch
 from ..model import AWDLSTM, repackage_hidden
+from ..precision import autocast, grad_scaler, to_fp32
 from .evaluate import main_lua_loss, mean_loss, perplexity, segment_losses
 from .progress import EpochProgress
 from .optim import averaged_weights, is_asgd, make_asgd, make_sgd, set_lr, shrink_weights
@@ -71,6 +76,7 @@ class Trainer:
     validation loss improves; ``on_epoch_end(trainer)`` after every epoch (write
     metrics, checkpoint); ``should_stop()`` is polled after every segment (signals);
     ``on_progress(trainer)`` at every tenth of an epoch (experiment trackers).
+    The device is that of ``train_data``; ``cfg.precision`` sets the forward's autocast.
     """
 
     def __init__(
@@ -99,6 +105,12 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(cfg.seed)  # variable-BPTT lengths
         self.hidden = None  # carried across segments within an epoch
         self.interrupted = False
+        self.device = train_data.device
+        self.autocast = lambda: autocast(cfg.precision, self.device)
+        self.scaler = grad_scaler(cfg.precision, self.device)  # fp16 only
+        # Device-side sums since the last check (_check_loss): raw loss x tokens, and the
+        # optimised loss (with AR/TAR), whose finiteness stands for every step's.
+        self._loss_sum = self._objective_sum = None
 
     # ----------------------------------------------------------------- stages
     def fit(self) -> TrainState:
@@ -178,10 +190,13 @@ class Trainer:
             loss = self.train_step(inputs, targets, scaled_lr(st.lr, seq_len, tc.bptt))
             st.position += seq_len
             st.batches += 1
-            st.loss_sum += loss * targets.numel()
+            self._loss_sum = self._accumulate(self._loss_sum, loss * targets.numel())
             st.tokens += targets.numel()
             st.train_seconds = time.monotonic() - t0
-            progress.update(targets.numel(), loss, st.tokens / max(st.train_seconds, 1e-9))
+            if progress.update(targets.numel()):
+                self._check_loss()
+                st.train_seconds = time.monotonic() - t0
+                progress.mark(st.loss_sum / max(st.tokens, 1), st.tokens / max(st.train_seconds, 1e-9))
             if self.should_stop():
                 self.interrupted = True
                 break
@@ -189,44 +204,78 @@ class Trainer:
                 out_of_time = True
                 break
         progress.close()
+        self._check_loss()
         return out_of_time
 
-    def train_step(self, inputs: torch.Tensor, targets: torch.Tensor, lr: float) -> float:
+    def _zero(self) -> torch.Tensor:
+        return torch.zeros((), dtype=torch.float64, device=self.device)
+
+    def _accumulate(self, total: torch.Tensor | None, value: torch.Tensor | float) -> torch.Tensor:
+        """``total + value`` in float64 on the device (no sync); None counts as 0."""
+        value = torch.as_tensor(value, dtype=torch.float64, device=self.device)
+        return value if total is None else total + value
+
+    def _check_loss(self) -> None:
+        """Add the device-side loss sum to ``state.loss_sum`` (one host sync) and raise
+        :class:`Diverged`, naming the epoch, if a step since the last check had a NaN or
+        infinite loss, or the epoch's mean loss overflows the perplexity."""
+        if self._loss_sum is None and self._objective_sum is None:
+            return
+        sums = [self._zero() if t is None else t for t in (self._loss_sum, self._objective_sum)]
+        loss_sum, objective = torch.stack(sums).tolist()
+        self._loss_sum = self._objective_sum = None
+        st = self.state
+        st.loss_sum += loss_sum
+        mean = st.loss_sum / max(st.tokens, 1)
+        if not math.isfinite(perplexity(mean)) or not math.isfinite(objective):
+            raise Diverged(f"training loss became {mean:.4g} at epoch {st.epoch}")
+
+    def train_step(self, inputs: torch.Tensor, targets: torch.Tensor, lr: float) -> torch.Tensor:
         """One truncated-BPTT step on a ``(T, B)`` segment; returns the mean cross-entropy per
-        token. ``trainer.loss_reduction=step_sum`` minimises T x that (and T x AR/TAR), as
-        main.lua does, so lr and clip act on the summed loss."""
+        token, a 0-d tensor on the device (reading it would wait for the step).
+        ``trainer.loss_reduction=step_sum`` minimises T x that (and T x AR/TAR), as main.lua
+        does, so lr and clip act on the summed loss. The forward runs under ``cfg.precision``'s
+        autocast; the loss is computed in fp32."""
         cfg = self.cfg
         set_lr(self.optimizer, lr)
         # ASGD applies the lr of the previous step (its eta lags one step), as in awd-lstm-lm.
         self.hidden = repackage_hidden(self.hidden)
         self.optimizer.zero_grad(set_to_none=True)
-        out = self.model(inputs, self.hidden)
+        with self.autocast():
+            out = self.model(inputs, self.hidden)
         raw_loss = F.cross_entropy(out.logits.flatten(0, 1), targets.flatten())
         loss = (
             raw_loss
-            + activation_regularization(out.output, cfg.trainer.alpha)
-            + temporal_activation_regularization(out.raw_output, cfg.trainer.beta)
+            + activation_regularization(to_fp32(out.output), cfg.trainer.alpha)
+            + temporal_activation_regularization(to_fp32(out.raw_output), cfg.trainer.beta)
         )
         if cfg.trainer.loss_reduction is LossReduction.step_sum:
             # main.lua: sum over the T unrolled steps of the batch-mean NLL = T x the token mean
             loss = loss * targets.size(0)
-        value, total = torch.stack([raw_loss.detach(), loss.detach()]).tolist()  # one device sync
-        if not math.isfinite(perplexity(value)) or not math.isfinite(total):
-            raise Diverged(f"training loss became {value:.4g} at epoch {self.state.epoch}")
-        loss.backward()
-        if cfg.optim.clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip)
-        self.optimizer.step()
+        self._objective_sum = self._accumulate(self._objective_sum, loss.detach())
+        params = self.model.parameters()
+        if self.scaler is None:
+            loss.backward()
+            if cfg.optim.clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip)
+            self.optimizer.step()
+        else:  # fp16: scaled loss; the scaler skips the step on inf/NaN gradients (one sync)
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            if cfg.optim.clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         if cfg.optim.weight_shrink:
             shrink_weights(self.model, cfg.optim.weight_shrink)
         self.hidden = out.hidden
-        return value
+        return raw_loss.detach()
 
     def end_epoch(self) -> None:
         """Validate, keep the best weights, apply NT-ASGD / lr decay, log the epoch row."""
         cfg, st = self.cfg, self.state
         t0 = time.monotonic()
-        with averaged_weights(self.model, self.optimizer):
+        with averaged_weights(self.model, self.optimizer), self.autocast():
             segments = segment_losses(self.model, self.valid_data, cfg.trainer.bptt)
             val_loss = mean_loss(segments)
             if not math.isfinite(perplexity(val_loss)):
@@ -281,7 +330,10 @@ class Trainer:
 
     # ---------------------------------------------------------- checkpointing
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly where the loop stands."""
+        """Everything needed to continue exactly where the loop stands. The RNG states are the
+        CPU's and, on CUDA, the run's own GPU's: a resume on a node with another number of
+        GPUs, or on CPU, restores what applies there."""
+        self._check_loss()
         return {
             "model": self.model.state_dict(),
             "optimizer_kind": "asgd" if is_asgd(self.optimizer) else "sgd",
@@ -289,7 +341,8 @@ class Trainer:
             "trainer": asdict(self.state),
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "hidden": [list(layer) for layer in self.hidden] if self.hidden is not None else None,
         }
 
@@ -302,8 +355,24 @@ class Trainer:
         self.state = TrainState(**payload["trainer"])
         self.generator.set_state(payload["generator"])
         torch.set_rng_state(payload["torch_rng"])
-        if payload["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(payload["cuda_rng"])
+        cuda_rng = self._own_cuda_rng(payload.get("cuda_rng"))
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state(cuda_rng, self.device)
+        if self.scaler is not None and payload.get("scaler"):
+            self.scaler.load_state_dict(payload["scaler"])
         hidden = payload["hidden"]
         device = self.train_data.device
         self.hidden = [tuple(t.to(device) for t in layer) for layer in hidden] if hidden is not None else None
+
+    def _own_cuda_rng(self, saved: Any) -> torch.Tensor | None:
+        """The saved CUDA RNG state that applies to this run's device; None on CPU. Older
+        checkpoints hold a list, one state per GPU visible then: the run's GPU's (index as
+        then), else the first."""
+        if self.device.type != "cuda" or saved is None:
+            return None
+        if isinstance(saved, (list, tuple)):
+            if not saved:
+                return None
+            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            saved = saved[index] if index < len(saved) else saved[0]
+        return saved
