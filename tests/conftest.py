@@ -8,6 +8,10 @@ whole session, so a fresh clone with no data directory runs every test.
 Tests marked ``corpus`` check exact counts of the real PTB and WikiText-2 files. They run
 when the corpora are found -- ``$RNNLM_DATA_DIR`` if set, else ``../shared/data`` beside
 the repository -- and are deselected (not skipped) when they are not.
+
+Tests that take the ``device`` fixture run on the CPU and, when CUDA is available, again on
+the GPU; the GPU instances are marked ``gpu`` (``pytest -m gpu`` runs only them) and are
+deselected where there is no GPU.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from tiny_corpus import DIRNAMES, write_tiny_corpus
 
 # huggingface_hub and datasets read this once, at import: set it before anything imports them.
@@ -35,19 +40,32 @@ def find_corpora() -> Path | None:
 CORPUS_DATA = find_corpora()
 
 
+HAS_CUDA = torch.cuda.is_available()
+
+
 def pytest_report_header(config):
+    gpu = (f"CUDA: {torch.cuda.get_device_name()} (tests marked 'gpu' run)" if HAS_CUDA
+           else "CUDA: not available; tests marked 'gpu' are deselected")
     if CORPUS_DATA is not None:
-        return f"benchmark corpora: {CORPUS_DATA} (tests marked 'corpus' run)"
-    return "benchmark corpora: not found ($RNNLM_DATA_DIR, ../shared/data); tests marked 'corpus' are deselected"
+        return [f"benchmark corpora: {CORPUS_DATA} (tests marked 'corpus' run)", gpu]
+    return ["benchmark corpora: not found ($RNNLM_DATA_DIR, ../shared/data); tests marked 'corpus' are deselected", gpu]
 
 
 def pytest_collection_modifyitems(config, items):
-    if CORPUS_DATA is not None:
-        return
-    deselected = [item for item in items if item.get_closest_marker("corpus")]
+    def unavailable(item) -> bool:
+        return ((CORPUS_DATA is None and item.get_closest_marker("corpus") is not None)
+                or (not HAS_CUDA and item.get_closest_marker("gpu") is not None))
+
+    deselected = [item for item in items if unavailable(item)]
     if deselected:
         config.hook.pytest_deselected(items=deselected)
-        items[:] = [item for item in items if not item.get_closest_marker("corpus")]
+        items[:] = [item for item in items if not unavailable(item)]
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def device(request) -> torch.device:
+    """The CPU, and the GPU where there is one (that instance marked ``gpu``)."""
+    return torch.device(request.param)
 
 
 @pytest.fixture(scope="session")
@@ -72,8 +90,6 @@ def one_thread():
     """Tiny models gain nothing from threads, and on a 2-core machine where another process
     holds a core, 2 OpenMP threads make every small GEMM far slower (spin-waits). Modules of
     small-tensor tests use it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
-    import torch
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
