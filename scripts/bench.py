@@ -19,6 +19,9 @@ Prints a table; the LAST line is one JSON object:
     embedding_dropout_ratio  step time with / without embedding dropout
     flops_fraction           achieved model FLOP/s / measured matmul peak
     variational_*_ratio ...  step-loop LSTM layer vs nn.LSTM (scripts/bench_step_lstm.py)
+    bf16                     bf16 against fp32 (--budget-steps): tokens/s of each and the
+                             perplexity gap after the same number of steps, or why skipped
+                             (a CPU without AVX512_BF16 or AMX only emulates bf16)
 
 docs/performance.md collects the figures measured so far, each with its machine.
 """
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -39,8 +43,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import machine, machine_line  # noqa: E402
-from rnnlm.config import DropoutConfig, ModelConfig, RecurrentDropoutConfig  # noqa: E402
+from rnnlm.config import DropoutConfig, ModelConfig, Precision, RecurrentDropoutConfig  # noqa: E402
 from rnnlm.model import AWDLSTM  # noqa: E402
+from rnnlm.precision import autocast, cpu_has_bf16, numerics, to_fp32  # noqa: E402
 from rnnlm.training.regularization import (  # noqa: E402
     activation_regularization,
     temporal_activation_regularization,
@@ -78,8 +83,10 @@ def sync(device: torch.device) -> None:
 class StepTimer:
     """One AWD training step of a model built from ``dropout``."""
 
-    def __init__(self, dropout: DropoutConfig, device: torch.device) -> None:
+    def __init__(self, dropout: DropoutConfig, device: torch.device, precision: Precision = Precision.fp32,
+                 data: torch.Tensor | None = None) -> None:
         torch.manual_seed(0)
+        self.precision, self.data, self.position = precision, data, 0
         self.model = AWDLSTM(VOCAB, ModelConfig(), dropout).to(device).train()
         self.opt = torch.optim.SGD(self.model.parameters(), lr=1.0, weight_decay=1.2e-6)
         self.inputs = torch.randint(0, VOCAB, (BPTT, BATCH), device=device)
@@ -90,10 +97,18 @@ class StepTimer:
     def __call__(self) -> float:
         sync(self.device)
         t = time.perf_counter()
+        if self.data is not None:  # walk a token stream instead of one fixed batch
+            if self.position + BPTT + 1 > self.data.size(0):
+                self.position = 0
+            self.inputs = self.data[self.position:self.position + BPTT]
+            self.targets = self.data[self.position + 1:self.position + BPTT + 1]
+            self.position += BPTT
         self.opt.zero_grad(set_to_none=True)
-        out = self.model(self.inputs, self.hidden)
+        with autocast(self.precision, self.device):
+            out = self.model(self.inputs, self.hidden)
         loss = F.cross_entropy(out.logits.flatten(0, 1), self.targets.flatten())
-        loss = loss + activation_regularization(out.output, 2.0) + temporal_activation_regularization(out.raw_output, 1.0)
+        loss = (loss + activation_regularization(to_fp32(out.output), 2.0)
+                + temporal_activation_regularization(to_fp32(out.raw_output), 1.0))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 0.25)
         self.opt.step()
@@ -101,11 +116,46 @@ class StepTimer:
         return time.perf_counter() - t
 
 
+def toy_stream(n: int, seed: int) -> torch.Tensor:
+    """``(n // BATCH, BATCH)`` tokens a model can learn: a cycle over the vocabulary with 20 %
+    noise, so a short budget moves the perplexity (random tokens would not)."""
+    g = torch.Generator().manual_seed(seed)
+    cycle = torch.arange(n) * 7 % VOCAB
+    noise = torch.randint(0, VOCAB, (n,), generator=g)
+    return torch.where(torch.rand(n, generator=g) < 0.8, cycle, noise).view(-1, BATCH)
+
+
+def bf16_against_fp32(device: torch.device, steps: int) -> dict:
+    """Tokens/s of bf16 and fp32 AWD training steps, and the validation perplexity of each
+    after the same ``steps`` steps from the same weights on the same stream (the gap)."""
+    if device.type == "cpu" and not cpu_has_bf16():
+        return {"skipped": "this CPU has no AVX512_BF16 or AMX (see /proc/cpuinfo): bf16 is only emulated"}
+    train, valid = toy_stream(BATCH * BPTT * 50, 0).to(device), toy_stream(BATCH * 200, 1).to(device)
+    out: dict = {"budget_steps": steps}
+    for precision in (Precision.fp32, Precision.bf16):
+        with numerics(precision, False, device):
+            timer = StepTimer(DropoutConfig(), device, precision, data=train)
+            timer.opt.param_groups[0]["lr"] = 30.0
+            seconds = [timer() for _ in range(steps)]
+            model = timer.model.eval()
+            with torch.no_grad(), autocast(precision, device):
+                logits = model(valid[:-1], model.init_hidden(BATCH)).logits
+            loss = F.cross_entropy(logits.flatten(0, 1), valid[1:].flatten()).item()
+        name = precision.value
+        out[f"{name}_tokens_per_second"] = round(BPTT * BATCH / statistics.median(seconds[1:]), 1)
+        out[f"{name}_val_ppl"] = round(math.exp(loss), 2)
+    out["speedup"] = round(out["bf16_tokens_per_second"] / out["fp32_tokens_per_second"], 3)
+    out["ppl_gap"] = round(out["bf16_val_ppl"] / out["fp32_val_ppl"] - 1, 4)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per variant (median)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-step-loop", action="store_true", help="skip the step-loop LSTM ratios")
+    parser.add_argument("--budget-steps", type=int, default=40,
+                        help="steps of the bf16-vs-fp32 comparison (0 skips it)")
     args = parser.parse_args()
     device = torch.device(args.device)
     info = machine(device)
@@ -158,6 +208,9 @@ def main() -> None:
         from bench_step_lstm import step_loop_ratios
 
         result.update(step_loop_ratios())
+    if args.budget_steps > 0:
+        result["bf16"] = bf16_against_fp32(device, args.budget_steps)
+        print("bf16 against fp32:", json.dumps(result["bf16"]))
     print(json.dumps(result))
 
 
