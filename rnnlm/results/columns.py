@@ -48,6 +48,10 @@ SETTING_COLUMNS = (
     "dropout.recurrent.per_gate_input",
     "optim.weight_shrink",
     "precision",
+    "deterministic",
+    "dropout.embedding_mask",
+    "trainer.loss_reduction",
+    "eval.mc_columns",
 )
 
 RESULT_COLUMNS = (
