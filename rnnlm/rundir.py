@@ -20,11 +20,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import socket
 import tempfile
 import time
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+_said_unlocked = False  # the file system's missing flock is said once per process
 
 CLAIM = ".rnnlm-claim"
 
@@ -37,9 +41,14 @@ class Claim:
     """A held claim on a run directory; :meth:`release` (or leaving ``with``) drops the lock."""
 
     def __init__(self, run_dir: Path, fd: int, locked: bool):
+        global _said_unlocked
         self.dir = run_dir
         self.fd: int | None = fd
         self.locked = locked
+        if not locked and not _said_unlocked:
+            _said_unlocked = True
+            log.warning("%s: this file system has no flock, so a claim cannot tell a live run from a stopped "
+                        "one; continue a run (resume) only once you know its process has ended", run_dir)
 
     def release(self) -> None:
         if self.fd is not None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from rnnlm.dropout import EmbeddingDropout, SequenceDropout, WeightDropLSTM, set_mc_dropout
+from rnnlm.dropout import EmbeddingDropout, SequenceDropout, WeightDropLSTM, mc_pass
 
 P = 0.5
 
@@ -106,9 +106,8 @@ def test_sequence_dropout_identity_at_p0_eval_and_mc(locked):
     assert torch.equal(SequenceDropout(0.0, locked).train()(x), x)
     drop = SequenceDropout(P, locked).eval()
     assert torch.equal(drop(x), x) and torch.equal(drop(x), drop(x))
-    set_mc_dropout(drop, True)
-    assert not torch.equal(drop(x), x)  # MC evaluation keeps masks on in eval
-    set_mc_dropout(drop, False)
+    with mc_pass(drop):
+        assert not torch.equal(drop(x), x)  # MC evaluation keeps masks on in eval
     assert torch.equal(drop(x), x)
 
 

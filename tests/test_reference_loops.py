@@ -190,7 +190,6 @@ def test_awd_main_py_loop_step_for_step_through_the_asgd_switch():
         alpha=2.0, beta=1.0, nonmono=1, rng=TorchNumpyRandom(cfg.seed),
     )
 
-    print("ASGD from epoch", asgd_epoch)
     assert asgd_epoch > 1 and trainer.state.asgd_epoch == asgd_epoch  # the switch happened, alike
     assert asgd_epoch <= epochs - 1  # and at least one ASGD epoch was compared
     assert len(trainer.steps) == len(steps)
@@ -383,6 +382,5 @@ def test_an_awd_epoch_on_real_ptb_trains_on_every_target(corpus_data, tmp_path):
         assert trainer.state.tokens == whole_stream_targets(train, lengths)
         assert trainer.state.tokens in (929_560, 929_540)
         assert len(lengths) > (train.size(0) - 2) // 70 + 1  # ~686 steps, not 664
-        print(f"epoch {epoch}: {len(lengths)} steps, {trainer.state.tokens} targets")
         trainer.state.epoch += 1
         trainer.state.position = trainer.state.batches = trainer.state.tokens = 0

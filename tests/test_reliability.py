@@ -195,15 +195,20 @@ def test_result_records_what_is_needed_to_rerun(reference):
 
 
 # ---------------------------------------------------------------- interrupt, resume
-def wait_for_epochs(run_dir: Path, n: int, proc, timeout: float = 240) -> None:
+def wait_for(event, proc, timeout: float = 240) -> None:
+    """Poll until ``event()`` is true while ``proc`` lives (a file the run writes says so)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        metrics = run_dir / "metrics.csv"
-        if metrics.exists() and len(read_rows(metrics)) >= n:
+        if event():
             return
         assert proc.poll() is None, proc.communicate()[1][-2000:]
         time.sleep(0.05)
-    raise AssertionError("run did not reach the epoch in time")
+    raise AssertionError("the run did not get there in time")
+
+
+def wait_for_epochs(run_dir: Path, n: int, proc) -> None:
+    metrics = run_dir / "metrics.csv"
+    wait_for(lambda: metrics.exists() and len(read_rows(metrics)) >= n, proc)
 
 
 @pytest.mark.slow
@@ -234,9 +239,8 @@ def test_kill_9_leaves_readable_files_and_resume_continues(reference, tmp_path):
     run_dir = tmp_path / "run"
     proc = start_rnnlm("train", *BASE, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     wait_for_epochs(run_dir, 1, proc)
-    (epoch_1,) = read_rows(run_dir / "metrics.csv")
-    time.sleep(0.3 * float(epoch_1["epoch_seconds"]))  # somewhere in epoch 2
-    proc.kill()
+    wait_for(lambda: read_rows(run_dir / "result.csv")[0]["epochs_run"] == "1", proc)  # epoch 1's last write
+    proc.kill()  # in epoch 2
     proc.communicate()
     assert read_rows(run_dir / "metrics.csv") and read_rows(run_dir / "result.csv")
     load_checkpoint(run_dir / "checkpoints" / "last.pt")

@@ -215,6 +215,19 @@ def test_the_claim_is_held_only_while_the_run_lives(reference):
         pass
 
 
+def test_a_file_system_without_flock_is_said_once_in_the_log(tmp_path, monkeypatch, caplog):
+    from rnnlm import rundir
+
+    monkeypatch.setattr(rundir, "_lock", lambda fd: False)  # as flock on a file system without it
+    monkeypatch.setattr(rundir, "_said_unlocked", False)
+    with caplog.at_level("WARNING", logger="rnnlm.rundir"):
+        for name in ("a", "b"):
+            with rundir.claim_new(tmp_path / name) as claim:
+                assert not claim.locked
+    (record,) = caplog.records
+    assert "has no flock" in record.getMessage() and str(tmp_path / "a") in record.getMessage()
+
+
 def test_a_signal_is_passed_on_to_the_handler_installed_before():
     """How a scheduler's own handler (submitit's requeue on SIGUSR2) still runs: after the run."""
     from rnnlm.training.signals import stop_on_signals

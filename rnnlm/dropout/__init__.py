@@ -4,7 +4,7 @@ Recurrent dropouts are schemes (``dropout.recurrent.kind``), one module each in
 :mod:`rnnlm.dropout.schemes`; :func:`recurrent_layer` builds the layer a config names.
 """
 
-from .base import StochasticModule, bernoulli_mask, mc_pass, set_mc_dropout
+from .base import StochasticModule, bernoulli_mask, mc_pass
 from .embedding import EmbeddingDropout
 from .scheme import RecurrentScheme, get_scheme, recurrent_layer, registered_schemes
 from .sequence import SequenceDropout
@@ -25,5 +25,4 @@ __all__ = [
     "plain_lstm",
     "recurrent_layer",
     "registered_schemes",
-    "set_mc_dropout",
 ]

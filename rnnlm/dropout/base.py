@@ -41,13 +41,6 @@ class StochasticModule(nn.Module):
         return self._held[key]
 
 
-def set_mc_dropout(model: nn.Module, on: bool) -> None:
-    """Switch Monte-Carlo dropout on or off for every stochastic submodule of ``model``."""
-    for module in model.modules():
-        if isinstance(module, StochasticModule):
-            module.mc = on
-
-
 @contextmanager
 def mc_pass(model: nn.Module, skip: tuple[type, ...] = ()) -> Iterator[None]:
     """One stochastic pass of MC-dropout evaluation (Gal & Ghahramani 2016, arXiv 1512.05287).

@@ -30,8 +30,8 @@ from ..config import flatten
 from ..results import SETTING_COLUMNS
 
 CONFIG_FILE = Path(".hydra") / "config.yaml"
-# result.csv columns that copy the config (``dataset``: files written before it was dropped).
-COPIED = frozenset({*SETTING_COLUMNS, "seed", "dataset"})
+# result.csv columns that copy the config
+COPIED = frozenset({*SETTING_COLUMNS, "seed"})
 NULL_WORDS = frozenset({"null", "none", "~", ""})
 
 
