@@ -277,9 +277,11 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check_positive("threads", self.threads, allow_none=True)
+        from .runtime import DEVICE_FORMS, is_device_name  # runtime imports this module
+
         dev = self.device
-        if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
-            raise ConfigError(f"device={dev} is not a device; use auto, cpu, cuda or cuda:N.")
+        if not is_device_name(dev):
+            raise ConfigError(f"device={dev} is not a device; use {DEVICE_FORMS}.")
         if self.precision is Precision.fp16:
             import torch
 

@@ -17,20 +17,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import subprocess
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
-from . import __version__
 from .atomic import WriteError
 from .config import ConfigError, RunConfig, TestWeights, settings
 from .data import Corpus, batchify, load_dataset
 from .model import AWDLSTM, count_parameters
 from .precision import autocast, numerics
 from .results import METRICS_COLUMNS, RESULT_COLUMNS, SETTING_COLUMNS, write_csv
+from .runtime import cpu_threads, provenance, resolve_device
 from .training import Diverged, Trainer, evaluate, evaluate_mc, load_checkpoint, perplexity, save_checkpoint
 from .training.optim import averaged_weights
 from .training.signals import Interrupted, StopSignals, stop_on_signals
@@ -42,59 +41,9 @@ BEST = Path("checkpoints") / "best.pt"
 LAST = Path("checkpoints") / "last.pt"
 
 
-@contextlib.contextmanager
-def cpu_threads(n: int | None) -> Iterator[None]:
-    """torch's CPU thread count set to ``n`` inside (None: left as it is); the caller's count
-    is restored afterwards, so a run or an evaluation in a notebook leaves it alone."""
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda``/``cuda:N`` must exist."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device={name} but CUDA is not available here; use device=cpu or device=auto.")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"device={name} but only {torch.cuda.device_count()} CUDA device(s) exist; "
-                f"use cuda:0..cuda:{torch.cuda.device_count() - 1}."
-            )
-    return device
-
-
-def sweep_device(name: str, job: int, gpus: int) -> str:
-    """The device of job ``job`` (0-based) of a sweep on a machine with ``gpus`` visible GPUs:
-    ``cuda`` (or ``auto`` when there are GPUs) becomes ``cuda:{job mod gpus}``, so the jobs of a
-    joblib sweep spread over the GPUs; a pinned ``cuda:N``, and ``cpu``, stay as they are.
-    Under SLURM each job sees only the GPU it was given, so it runs on ``cuda:0`` of its own."""
-    if gpus > 0 and name in ("cuda", "auto"):
-        return f"cuda:{job % gpus}"
-    return name
-
-
 def holds_run(run_dir: Path) -> bool:
     """Whether ``run_dir`` already has a run's results or checkpoints (never overwrite them)."""
     return any((Path(run_dir) / name).exists() for name in ("result.csv", "metrics.csv", LAST))
-
-
-def git_revision() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
-            capture_output=True, text=True, timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return out.stdout.strip() if out.returncode == 0 else ""
 
 
 class RunFiles:
@@ -107,8 +56,8 @@ class RunFiles:
         self.result.update(
             seed=cfg.seed, status="running",
             eval_batch_size=cfg.dataset.eval_batch_size, test_batch_size=cfg.dataset.test_batch_size,
-            device=str(device), torch_version=torch.__version__, rnnlm_version=__version__,
-            git_revision=git_revision(), overrides=" ".join(overrides), run_dir=str(self.dir),
+            device=str(device), torch_version=torch.__version__, **provenance(),
+            overrides=" ".join(overrides), run_dir=str(self.dir),
         )
 
     def path(self, name: Path | str) -> Path:

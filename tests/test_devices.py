@@ -23,7 +23,8 @@ from rnnlm.dropout import StepLSTM
 from rnnlm.dropout.scheme import registered_schemes
 from rnnlm.model import AWDLSTM
 from rnnlm.precision import autocast, numerics
-from rnnlm.run import sweep_device, train
+from rnnlm.run import train
+from rnnlm.runtime import sweep_device
 from rnnlm.training import Trainer, evaluate, evaluate_mc
 from rnnlm.training.checkpoint import load_checkpoint
 from rnnlm.training.optim import AveragedSGD, make_asgd

@@ -24,7 +24,7 @@ from ..results import read_csv
 from ..training.evaluate import GAL_MC_SAMPLES
 from ..config import Precision
 from ..precision import autocast, numerics
-from ..run import cpu_threads
+from ..runtime import DEVICE_FORMS, cpu_threads, is_device_name
 from ..tracking import Tracking
 from .errors import fail
 
@@ -119,13 +119,13 @@ def _choices(*choices: str) -> Callable[[str], list[str]]:
 
 
 def _device(text: str) -> str:
-    if not (text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit())):
+    if not is_device_name(text):
         raise ValueError(text)
     return text
 
 
 _int.__doc__, _float.__doc__, _bool.__doc__ = "an integer", "a number", "true or false"
-_device.__doc__ = "a device: auto, cpu, cuda or cuda:N"
+_device.__doc__ = f"a device: {DEVICE_FORMS}"
 
 KEYS: dict[str, Callable[[str], Any]] = {
     "method": _choices(*METHODS),

@@ -48,8 +48,9 @@ from omegaconf.errors import OmegaConfBaseException
 from ..atomic import WriteError, atomic_write_text
 from ..config import ConfigError, RunConfig, settings
 from ..data import DataError, load_dataset
-from ..run import LAST, check_batch_sizes, holds_run, resolve_device, sweep_device, train
+from ..run import LAST, check_batch_sizes, holds_run, train
 from ..rundir import Claim, ClaimError, claim_new, claim_stopped, is_claimed
+from ..runtime import resolve_device, sweep_device
 from ..tracking import missing_extra
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, describe, fail
 

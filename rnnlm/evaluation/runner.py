@@ -20,10 +20,9 @@ from typing import Any, Optional
 
 import torch
 
-from .. import __version__
-from ..data import batchify
-from ..run import git_revision
 from ..config import EvalConfig
+from ..data import batchify
+from ..runtime import provenance
 from ..training import evaluate, evaluate_mc
 from ..training.evaluate import GAL_MC_SAMPLES
 from .dynamic import DynamicSettings, GradientStats, evaluate_dynamic, gradient_statistics
@@ -125,8 +124,8 @@ def check_sizes(run: LoadedRun, plan: Plan, data: list[Stream]) -> None:
 
 
 @functools.cache
-def _revision() -> str:
-    return git_revision()
+def _provenance() -> dict[str, str]:
+    return provenance()
 
 
 def _sync(device: torch.device) -> None:
@@ -193,7 +192,7 @@ class Evaluator:
             "tokens_per_second": round(score.tokens / seconds, 1) if seconds > 0 else None,
             "setup_seconds": round(setup, 3) if setup else None, "batch_size": size, "bptt": bptt,
             "dataset": run.cfg.dataset.name, "device": str(run.device), "torch_version": torch.__version__,
-            "rnnlm_version": __version__, "git_revision": _revision(),
+            **_provenance(),
             "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
         if method == "mc":

@@ -22,6 +22,7 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .. import runtime
 from ..config import ConfigError, RunConfig
 from ..data import Corpus, DataError, Vocab, load_dataset, tokenize
 from ..model import AWDLSTM
@@ -73,15 +74,11 @@ def load_run_config(run_dir: Path, data_path: Optional[str] = None) -> RunConfig
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda``/``cuda:N`` must exist."""
-    from ..run import resolve_device as run_device
-
-    if not (name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())):
-        raise RunError(f"device={name} is not a device; use auto, cpu, cuda or cuda:N")
+    """:func:`rnnlm.runtime.resolve_device`, its errors as RunError."""
     try:
-        return run_device(name)
+        return runtime.resolve_device(name)
     except ConfigError as exc:
-        raise RunError(str(exc)) from None
+        raise RunError(str(exc).rstrip(".")) from None
 
 
 def read_checkpoint(path: Path, device: torch.device) -> tuple[dict[str, torch.Tensor], Optional[dict]]:

@@ -1,0 +1,94 @@
+"""Where and with what a run or an evaluation executes: its device, its CPU threads, and
+the code that ran it. Training (:mod:`rnnlm.run`), evaluation (:mod:`rnnlm.evaluation`) and
+the CLI all take these from here, so a device string is parsed in one place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from . import __version__
+from .config import ConfigError
+
+DEVICE_FORMS = "auto, cpu, cuda or cuda:N"
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def is_device_name(name: str) -> bool:
+    """Whether ``name`` is one of :data:`DEVICE_FORMS`."""
+    return bool(_DEVICE.fullmatch(name))
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` / ``cuda:N`` must exist here.
+
+    ConfigError (one line, saying what to use instead) for anything else."""
+    if not is_device_name(name):
+        raise ConfigError(f"device={name} is not a device; use {DEVICE_FORMS}.")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={name} but CUDA is not available here; use device=cpu or device=auto.")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device={name} but only {torch.cuda.device_count()} CUDA device(s) exist; "
+                f"use cuda:0..cuda:{torch.cuda.device_count() - 1}."
+            )
+    return device
+
+
+def sweep_device(name: str, job: int, gpus: int) -> str:
+    """The device of job ``job`` (0-based) of a sweep on a machine with ``gpus`` visible GPUs:
+    ``cuda`` (or ``auto`` when there are GPUs) becomes ``cuda:{job mod gpus}``, so the jobs of a
+    joblib sweep spread over the GPUs; a pinned ``cuda:N``, and ``cpu``, stay as they are.
+    Under SLURM each job sees only the GPU it was given, so it runs on ``cuda:0`` of its own."""
+    if gpus > 0 and name in ("cuda", "auto"):
+        return f"cuda:{job % gpus}"
+    return name
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int | None) -> Iterator[None]:
+    """torch's CPU thread count set to ``n`` inside (None: left as it is); the caller's count
+    is restored afterwards, so a run or an evaluation in a notebook leaves it alone."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def git_revision(package_dir: Path = Path(__file__).resolve().parent) -> str:
+    """The commit of the checkout rnnlm runs from, ``-dirty`` when tracked files differ from
+    it; empty when rnnlm is installed (a wheel in site-packages) rather than run from its
+    own git checkout, so that no other repository's HEAD is ever recorded."""
+    root = package_dir.parent
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    if not (root / "pyproject.toml").is_file():
+        return ""
+    try:
+        top = git("rev-parse", "--show-toplevel")
+        if not top or Path(top).resolve() != root.resolve():
+            return ""
+        return git("describe", "--always", "--dirty", "--abbrev=7")
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def provenance() -> dict[str, str]:
+    """What ran: ``rnnlm_version`` always, ``git_revision`` from a checkout of rnnlm (else empty)."""
+    return {"rnnlm_version": __version__, "git_revision": git_revision()}

@@ -1,0 +1,51 @@
+"""rnnlm.runtime: device names, and provenance that never names another repository."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from rnnlm import __version__, runtime
+from rnnlm.config import ConfigError
+
+
+@pytest.mark.parametrize("name,ok", [("auto", True), ("cpu", True), ("cuda", True), ("cuda:3", True),
+                                     ("cuda:", False), ("cuda:x", False), ("tpu", False), ("CPU", False)])
+def test_device_names(name, ok):
+    assert runtime.is_device_name(name) is ok
+    if not ok:
+        with pytest.raises(ConfigError, match=f"device={name} is not a device; use auto, cpu, cuda or cuda:N"):
+            runtime.resolve_device(name)
+
+
+def git(cwd: Path, *args: str) -> str:
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin"}
+    return subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True, check=True,
+                          env=env).stdout.strip()
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_git_revision_only_from_its_own_checkout_and_marked_dirty(tmp_path):
+    checkout = tmp_path / "rnnlm-src"
+    package = checkout / "rnnlm"
+    package.mkdir(parents=True)
+    (checkout / "pyproject.toml").write_text("[project]\nname = 'rnnlm'\n")
+    (package / "__init__.py").write_text("")
+    git(checkout, "init", "-q")
+    git(checkout, "add", ".")
+    git(checkout, "commit", "-q", "-m", "x")
+    head = git(checkout, "rev-parse", "--short=7", "HEAD")
+    assert runtime.git_revision(package) == head
+    (package / "__init__.py").write_text("# changed\n")
+    assert runtime.git_revision(package) == f"{head}-dirty"
+    # installed inside another repository (a virtualenv in a project's tree): not its HEAD
+    site = checkout / "venv" / "site-packages" / "rnnlm"
+    site.mkdir(parents=True)
+    assert runtime.git_revision(site) == ""
+    assert runtime.git_revision(tmp_path / "elsewhere" / "rnnlm") == ""  # no checkout at all
+
+
+def test_provenance_always_has_the_version():
+    assert runtime.provenance()["rnnlm_version"] == __version__
