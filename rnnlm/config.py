@@ -95,6 +95,10 @@ class DatasetConfig:
     # Train on the first N tokens of the training split (data-size studies, or a model that
     # overfits within a small budget); None: all of it. Vocabulary, valid and test unchanged.
     train_tokens: Optional[int] = None
+    # The vocabulary is the words of the training split as trained on (with train_tokens: of
+    # its head); other words become <unk> in every split. Off: the full vocabulary, whose words
+    # unseen in a short training split end up dominating the validation loss.
+    closed_vocab: bool = False
     batch_size: int = 20
     eval_batch_size: int = 10
     test_batch_size: int = 1

@@ -265,6 +265,23 @@ def test_train_tokens_keeps_the_head_of_train_and_everything_else(tmp_path):
     assert torch.equal(load_dataset(every).train, full.train)
 
 
+def test_closed_vocab_keeps_the_training_words_and_maps_the_rest_to_unk(tmp_path):
+    lines = {"train": ["a b <unk> a", "c"], "valid": ["a d", "e c"], "test": ["b e f"]}
+    full = Corpus.from_lines(lines)
+    closed = full.closed_to_train()
+    assert closed.vocab.itos == ["a", "b", "<unk>", "<eos>", "c"]  # train's words, in their order
+    words = lambda split: [closed.vocab.itos[i] for i in getattr(closed, split)]  # noqa: E731
+    assert words("train") == ["a", "b", "<unk>", "a", "<eos>", "c", "<eos>"]
+    assert words("valid") == ["a", "<unk>", "<eos>", "<unk>", "c", "<eos>"]
+    assert words("test") == ["b", "<unk>", "<unk>", "<eos>"]
+    # a training split without <unk> gets one, at the end
+    no_unk = Corpus.from_lines({"train": ["a"], "valid": ["z"], "test": ["a"]}).closed_to_train()
+    assert no_unk.vocab.itos == ["a", "<eos>", "<unk>"] and no_unk.valid.tolist() == [2, 1]
+    # through the config, after the head of train is taken
+    cfg = DatasetConfig(path=str(write_dir(tmp_path / "files", lines)), train_tokens=3, closed_vocab=True)
+    assert load_dataset(cfg).vocab.itos == ["a", "b", "<unk>"]
+
+
 # --- errors ------------------------------------------------------------------------------
 
 

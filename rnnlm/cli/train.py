@@ -140,7 +140,7 @@ def validate(task_cfg: DictConfig) -> RunConfig:
     if missing_extra(cfg.logger):
         raise ConfigError(missing_extra(cfg.logger))
     ds = cfg.dataset
-    key = (ds.name, ds.path, ds.cache_dir, ds.train_tokens, ds.batch_size, ds.eval_batch_size, ds.test_batch_size)
+    key = (ds.name, ds.path, ds.cache_dir, ds.train_tokens, ds.closed_vocab, ds.batch_size, ds.eval_batch_size, ds.test_batch_size)
     if key not in _checked_data:  # a single run is checked twice: by Guard, then by the job
         with quiet("rnnlm"):  # the run loads the data again and says so then
             corpus = load_dataset(ds)

@@ -21,6 +21,7 @@ from typing import Iterable, Mapping
 import torch
 
 EOS = "<eos>"
+UNK = "<unk>"  # the out-of-vocabulary word of PTB (Mikolov's preprocessing) and WikiText
 SPLITS = ("train", "valid", "test")
 
 
@@ -63,14 +64,33 @@ class Corpus:
     def head_of_train(self, tokens: int) -> Corpus:
         """The same corpus with only the first ``tokens`` tokens of its training split.
 
-        The vocabulary, validation and test splits are unchanged, so perplexities stay
-        comparable across training-set sizes (a data-size study). ``tokens`` must be at least 2
-        and at most the split's length.
+        The vocabulary, validation and test splits are unchanged. ``tokens`` must be at least
+        2 and at most the split's length.
         """
         n = self.train.numel()
         if not 2 <= tokens <= n:
             raise ValueError(f"cannot keep {tokens} of the {n} training tokens")
         return Corpus(self.vocab, self.train[:tokens], self.valid, self.test)
+
+    def closed_to_train(self) -> Corpus:
+        """The corpus over the words of its training split only: every other word, in every
+        split, becomes ``<unk>`` (:data:`UNK`, added to the vocabulary if training lacks it).
+
+        A word that never occurs in training only ever has its probability pushed down by
+        the softmax, so on a short training split (:meth:`head_of_train`) such words come to
+        dominate the validation loss. The vocabulary keeps the original order of the words it
+        keeps (first appearance, train first).
+        """
+        seen = torch.zeros(len(self.vocab), dtype=torch.bool)
+        seen[self.train] = True
+        if UNK in self.vocab.stoi:
+            seen[self.vocab.stoi[UNK]] = True
+        itos = [w for w, keep in zip(self.vocab.itos, seen.tolist()) if keep]
+        itos += [] if UNK in itos else [UNK]
+        vocab = Vocab(itos)
+        new_id = torch.full((len(self.vocab),), vocab.stoi[UNK], dtype=torch.long)
+        new_id[seen] = torch.tensor([vocab.stoi[w] for w in itos if w in self.vocab.stoi], dtype=torch.long)
+        return Corpus(vocab, *(new_id[getattr(self, s)] for s in SPLITS))
 
     @property
     def token_counts(self) -> dict[str, int]:

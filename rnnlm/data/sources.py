@@ -247,16 +247,22 @@ def load_corpus(
 
 def load_dataset(dataset: Any) -> Corpus:
     """The corpus a ``dataset`` config describes (its source, ``path`` and ``cache_dir``),
-    trained on the first ``dataset.train_tokens`` tokens of its training split when that is set."""
+    trained on the first ``dataset.train_tokens`` tokens of its training split when that is set,
+    over the vocabulary of those tokens with ``dataset.closed_vocab``."""
     corpus = load_corpus(DatasetSource.from_config(dataset), path=dataset.path, cache_dir=dataset.cache_dir)
     keep = getattr(dataset, "train_tokens", None)
-    if keep is None:
-        return corpus
-    available = corpus.train.numel()
-    if keep > available:
-        raise DataError(
-            f"dataset.train_tokens={keep} exceeds the {available} tokens of {dataset.name}'s training "
-            f"split; use at most {available}, or null for all of it"
-        )
-    log.info("training on the first %d of %d training tokens (dataset.train_tokens)", keep, available)
-    return corpus.head_of_train(keep)
+    if keep is not None:
+        available = corpus.train.numel()
+        if keep > available:
+            raise DataError(
+                f"dataset.train_tokens={keep} exceeds the {available} tokens of {dataset.name}'s training "
+                f"split; use at most {available}, or null for all of it"
+            )
+        log.info("training on the first %d of %d training tokens (dataset.train_tokens)", keep, available)
+        corpus = corpus.head_of_train(keep)
+    if getattr(dataset, "closed_vocab", False):
+        full = len(corpus.vocab)
+        corpus = corpus.closed_to_train()
+        log.info("vocabulary of the training tokens: %d of %d words, the others <unk> (dataset.closed_vocab)",
+                 len(corpus.vocab), full)
+    return corpus

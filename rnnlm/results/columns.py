@@ -24,6 +24,7 @@ METRICS_COLUMNS = (
 SETTING_COLUMNS = (
     "dataset.name",
     "dataset.train_tokens",  # empty: the whole training split
+    "dataset.closed_vocab",
     "model.emsize",
     "model.nhid",
     "model.nlayers",
