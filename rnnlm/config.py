@@ -273,7 +273,7 @@ class RunConfig:
     threads: Optional[int] = None
     # Experiment trackers beside the CSV files (configs/logger/, rnnlm/tracking/).
     logger: LoggerConfig = field(default_factory=LoggerConfig)
-    # fp32 | tf32 | bf16 | fp16 (rnnlm.precision; docs/performance.md says what each costs).
+    # fp32 | tf32 | bf16 | fp16, each described in rnnlm/precision.py.
     precision: Precision = Precision.fp32
     # Deterministic kernels (torch.use_deterministic_algorithms, cuDNN deterministic, the
     # cuBLAS workspace setting): on CUDA a resumed run then equals an uninterrupted one.
