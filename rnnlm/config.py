@@ -276,7 +276,7 @@ class RunConfig:
     # fp32 | tf32 | bf16 | fp16, each described in rnnlm/precision.py.
     precision: Precision = Precision.fp32
     # Deterministic kernels (torch.use_deterministic_algorithms, cuDNN deterministic, the
-    # cuBLAS workspace setting): on CUDA a resumed run then equals an uninterrupted one.
+    # cuBLAS workspace setting); what it guarantees on CUDA: docs/performance.md.
     deterministic: bool = False
 
     def __post_init__(self) -> None:
