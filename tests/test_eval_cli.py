@@ -1,12 +1,11 @@
 """``rnnlm eval`` on a tiny trained run: rows, agreement with training-time figures, bad
-input, the tuning script and ``rnnlm summary --metric pointer_ppl``."""
+input, tuning on validation and ``rnnlm summary --metric pointer_ppl``."""
 
 from __future__ import annotations
 
 import hashlib
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,6 @@ from rnnlm.data import Vocab
 from rnnlm.evaluation.rows import EVAL_COLUMNS
 from rnnlm.evaluation.runs import RunError, encode_text, load_run, use_asgd_average
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +141,12 @@ BAD = [
     (["{run}", "device=gpu"], "device=gpu is not a device"),
     (["{run}", "nokey"], "'nokey' is not KEY=VALUE"),
     (["{unfinished}"], "has no checkpoints/best.pt"),
+    (["{run}", "pointer.theta=0.5,x"], "pointer.theta=0.5,x is not a number"),
+    (["{run}", "method=pointer", "pointer.lambda=0.1,2"], "pointer.lambda=2.0 must be in [0, 1]"),
+    (["{run}", "pointer.theta=0.5,1"], "is a grid for pointer, but method=standard leaves it out"),
+    (["{run}", "method=pointer", "pointer.theta=0.5,1", "split=test"], "leave out split= and file="),
+    (["{run}", "tune.valid_tokens=100"], "tune.valid_tokens needs a grid"),
+    (["{run}", "method=pointer", "pointer.theta=0.5,1", "tune.valid_tokens=0"], "must be a positive integer"),
 ]
 
 
@@ -178,23 +182,22 @@ def test_console_script(fresh):
 
 
 def test_tuning_picks_on_validation_and_summary_reports_it(fresh, capsys):
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import tune_eval
-    finally:
-        sys.path.pop(0)
-    code = tune_eval.main([str(fresh), "--method", "pointer", "--theta", "0.5,1", "--lambda", "0.05,0.2",
-                           "--valid-tokens", "150", "pointer.window=40"])
+    code = rnnlm_main(["eval", str(fresh), "method=pointer", "pointer.theta=0.5,1", "pointer.lambda=0.05,0.2",
+                       "tune.valid_tokens=150", "pointer.window=40"])
     assert code == 0, capsys.readouterr().err
     rows = read_rows(fresh / "eval.csv")
-    grid = [r for r in rows if r["overrides"].endswith("grid")]
+    grid = [r for r in rows if r["overrides"].endswith("(tuning: grid)")]
     assert len(grid) == 4 and all(r["split"] == "valid" and r["tokens"] == "149" for r in grid)
+    assert {(r["pointer.theta"], r["pointer.lambda"]) for r in grid} == {(t, l) for t in ("0.5", "1.0")
+                                                                          for l in ("0.05", "0.2")}
     best = min(grid, key=lambda r: float(r["ppl"]))
-    chosen = [r for r in rows if r["overrides"].endswith("chosen")]
-    assert [r["split"] for r in chosen] == ["valid", "test"]  # the full validation split, then test once
+    chosen = [r for r in rows if r["overrides"].endswith("(tuning: chosen)")]
+    assert len(rows) == 6 and [r["split"] for r in chosen] == ["valid", "test"]  # full valid, then test once
+    assert int(chosen[0]["tokens"]) > 149
     for r in chosen:
         assert (r["pointer.theta"], r["pointer.lambda"]) == (best["pointer.theta"], best["pointer.lambda"])
-    capsys.readouterr()
+    out = capsys.readouterr().out
+    assert f"pointer   chosen on valid: pointer.theta={best['pointer.theta']} " in out
 
     assert rnnlm_main(["summary", str(fresh), "--metric", "pointer_ppl", "--format", "csv"]) == 0
     out = capsys.readouterr().out
@@ -205,6 +208,19 @@ def test_tuning_picks_on_validation_and_summary_reports_it(fresh, capsys):
     assert "val_ppl_mean" in table  # the training perplexities sit beside it
     assert rnnlm_main(["summary", str(fresh), "--metric", "dynamic_ppl"]) == 1  # no dynamic rows: nothing to report
     assert "no dynamic_val_ppl" in capsys.readouterr().err
+
+
+def test_a_grid_and_a_plain_method_in_one_call(fresh, capsys):
+    """standard is scored as usual; dynamic is tuned on the whole validation split, so test is its only extra row."""
+    assert rnnlm_main(["eval", str(fresh), "method=standard,dynamic", "dynamic.rule=sgd", "dynamic.lr=0,1e-4"]) == 0
+    rows = read_rows(fresh / "eval.csv")
+    line = "method=standard,dynamic dynamic.rule=sgd dynamic.lr=0,1e-4"
+    assert [(r["method"], r["split"], r["overrides"]) for r in rows] == [
+        ("standard", "valid", line), ("standard", "test", line), ("dynamic", "valid", f"{line} (tuning: grid)"),
+        ("dynamic", "valid", f"{line} (tuning: grid)"), ("dynamic", "test", f"{line} (tuning: chosen)")]
+    best = min(rows[2:4], key=lambda r: float(r["ppl"]))
+    assert rows[4]["dynamic.lr"] == best["dynamic.lr"]
+    assert "appended 5 rows" in capsys.readouterr().err
 
 
 def test_threads_hold_for_the_command_only(fresh):

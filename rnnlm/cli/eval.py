@@ -4,7 +4,8 @@ Plain key=value overrides (no Hydra: the run's own ``.hydra/config.yaml`` is rea
 recomposed or rewritten). Everything is checked before anything is scored: a bad key,
 value, run, checkpoint or file gives one line on stderr, exit 2, and no file written.
 Results go to stdout and are appended to ``RUN_DIR/eval.csv`` (see
-:mod:`rnnlm.evaluation.rows`).
+:mod:`rnnlm.evaluation.rows`). Several values for a tunable setting make a grid that is
+tuned on validation before test is scored once (:mod:`rnnlm.evaluation.tuning`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ..evaluation.pointer import STARTS, PointerSettings
 from ..evaluation.rows import METHODS, append_rows, read_rows
 from ..evaluation.runner import Evaluator, McSettings, Plan, check_sizes, streams
 from ..evaluation.runs import RunError, load_run
+from ..evaluation.tuning import TUNABLE, grid_points, tune
 from ..results import read_csv
 from ..training.evaluate import GAL_MC_SAMPLES
 from ..config import Precision
@@ -73,10 +75,18 @@ RUN_DIR/eval.csv and printed. Keys (default in brackets):
   dynamic.stats_batches=N  training segments for the RMS statistics [all]
   dynamic.stats_batch_size=N [100]
 
+tuning: several values for pointer.window, pointer.theta, pointer.lambda,
+dynamic.lr, dynamic.decay or dynamic.epsilon (e.g. pointer.theta=0.5,1) make a
+grid of that method's settings. Every point is scored on valid, the lowest
+validation perplexity chooses, then test (and full valid, if cut) is scored
+once at that point. Rows are marked (tuning: grid) or (tuning: chosen).
+  tune.valid_tokens=N    tune on the first N validation tokens [all]
+
 examples:
   rnnlm eval outputs/runs/ptb method=standard,pointer split=test
   rnnlm eval outputs/runs/ptb method=dynamic dynamic.lr=6e-5 split=valid
   rnnlm eval outputs/runs/ptb method=standard file=my_text.txt
+  rnnlm eval outputs/runs/ptb method=pointer pointer.theta=0.5,0.662,1 pointer.lambda=0.05,0.1,0.15
 """
 
 
@@ -153,9 +163,10 @@ KEYS: dict[str, Callable[[str], Any]] = {
     "dynamic.bptt": _int,
     "dynamic.stats_batches": _int,
     "dynamic.stats_batch_size": _int,
+    "tune.valid_tokens": _int,
 }
 POSITIVE = ("batch_size", "bptt", "threads", "mc.samples", "mc.columns", "dynamic.bptt", "dynamic.stats_batches",
-            "dynamic.stats_batch_size")
+            "dynamic.stats_batch_size", "tune.valid_tokens")
 
 
 class UsageError(Exception):
@@ -172,8 +183,12 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
             raise UsageError(f"{key} is not a key of rnnlm eval; see `rnnlm eval --help` for the keys")
         parse = KEYS[key]
         try:
-            value = parse(text)
-        except ValueError:
+            if key in TUNABLE and "," in text:  # a grid: its values, in order, without repeats
+                value = list(dict.fromkeys(parse(t.strip()) for t in text.strip("[]").split(",") if t.strip()))
+                value = value if len(value) > 1 else value[0]
+            else:
+                value = parse(text)
+        except (ValueError, IndexError):
             raise UsageError(f"{key}={text} is not {parse.__doc__ or 'valid'}") from None
         if key in POSITIVE and value < 1:
             raise UsageError(f"{key}={text} must be a positive integer")
@@ -251,13 +266,35 @@ def eval_command(argv: list[str]) -> int:
         return _score(run_dir, rest, keys)
 
 
+def _check_grid(keys: dict[str, Any], grid: dict[str, list[Any]]) -> None:
+    """A grid needs its method and the valid and test splits; tune.valid_tokens needs a grid."""
+    if not grid:
+        if "tune.valid_tokens" in keys:
+            raise UsageError("tune.valid_tokens needs a grid: give a setting several values, e.g. pointer.theta=0.5,1")
+        return
+    methods = keys.get("method", ["standard"])
+    for key, values in grid.items():
+        if TUNABLE[key][0] not in methods:
+            raise UsageError(f"{key}={','.join(map(str, values))} is a grid for {TUNABLE[key][0]}, but "
+                             f"method={','.join(methods)} leaves it out; add {TUNABLE[key][0]} to method")
+    if "file" in keys or keys.get("split", ["valid", "test"]) != ["valid", "test"]:
+        raise UsageError("a grid is tuned on valid and scored once on test; leave out split= and file=")
+
+
 def _score(run_dir: Path, rest: list[str], keys: dict[str, Any]) -> int:
-    """Load the run, score each method on each stream, append and print the rows."""
+    """Load the run, score each method on each stream (a method with a grid: tune it on
+    valid, then score test at the chosen point), append and print the rows."""
+    grid = {k: v for k, v in keys.items() if isinstance(v, list) and k in TUNABLE}
     try:
+        _check_grid(keys, grid)
         run = load_run(run_dir, keys.get("checkpoint", "best"), keys.get("device", "auto"), keys.get("data"))
-        plan = build_plan(run, keys)
+        plan = build_plan(run, {**keys, **{k: v[0] for k, v in grid.items()}})
         data = streams(run, plan)
-        check_sizes(run, plan, data)
+        cut = data[0]  # the validation stream the grid is scored on
+        if grid and keys.get("tune.valid_tokens", cut.ids.numel()) < cut.ids.numel():
+            cut = replace(cut, ids=cut.ids[: keys["tune.valid_tokens"]])
+        check_sizes(run, plan, [*data, cut])
+        points = {m: grid_points(plan, m, grid) for m in plan.methods if any(TUNABLE[k][0] == m for k in grid)}
     except (UsageError, RunError, ValueError) as exc:
         return fail(str(exc))
     status = _run_status(run_dir)
@@ -270,16 +307,26 @@ def _score(run_dir: Path, rest: list[str], keys: dict[str, Any]) -> int:
     evaluator = Evaluator(run, plan)
     path = None
     written = []
+
+    def emit(row: dict[str, Any], role: str = "") -> None:
+        nonlocal path
+        row.update(precision=precision.value, overrides=" ".join(rest) + (f" (tuning: {role})" if role else ""))
+        path = append_rows(run_dir, [row])
+        written.append(row)
+        print(_line(row) + (f"  ({role})" if role else ""), flush=True)
+
     with numerics(precision, False, run.device), autocast(precision, run.device):
         for method in plan.methods:
-            for stream in data:
-                _, row = evaluator.score(method, stream)
-                row.update(precision=precision.value, overrides=" ".join(rest))
-                path = append_rows(run_dir, [row])
-                written.append(row)
-                print(_line(row), flush=True)
+            if method not in points:
+                for stream in data:
+                    emit(evaluator.score(method, stream)[1])
+                continue
+            for role, _, row in tune(evaluator, method, points[method], cut, data[0], data[1]):
+                emit(row, role)
+            setting = " ".join(f"{k}={row.get(k)}" for k in grid if TUNABLE[k][0] == method)
+            print(f"{method:<9} chosen on valid: {setting}", flush=True)
     tracking = Tracking(run.cfg.logger, run_dir, name=run_dir.name, attach_only=True)  # the run's own tracker runs
     tracking.eval_rows(written, step=len(read_rows(run_dir)))
     tracking.close()
-    print(f"rnnlm eval: appended {len(plan.methods) * len(data)} rows to {path}", file=sys.stderr)
+    print(f"rnnlm eval: appended {len(written)} rows to {path}", file=sys.stderr)
     return 0

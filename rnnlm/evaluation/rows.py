@@ -55,7 +55,7 @@ EVAL_COLUMNS = (
     "rnnlm_version",
     "git_revision",
     "time",  # when the row was written (UTC, ISO 8601)
-    "overrides",  # the command line of `rnnlm eval`, after RUN_DIR
+    "overrides",  # the command line of `rnnlm eval`, after RUN_DIR; tuning rows end in (tuning: grid|chosen)
 )
 
 # The parameters that make two rows of a method the same setting.
