@@ -14,7 +14,7 @@ USAGE = """\
 usage: rnnlm train [OVERRIDE ...]        train a language model (Hydra overrides; --help lists all keys)
        rnnlm train resume=RUN_DIR [...]  continue an interrupted run in its own directory
        rnnlm summary DIR [DIR ...]       tables and plots of finished runs (--help for options)
-       rnnlm eval RUN_DIR [KEY=VALUE]    score a run: standard, MC dropout, pointer, dynamic eval (--help)
+       rnnlm eval RUN_DIR [KEY=VALUE]    score a run: standard, MC dropout, pointer, dynamic eval; tune on valid (--help)
        rnnlm generate RUN_DIR [...]      sample text from a run (--help for options)
 """
 
