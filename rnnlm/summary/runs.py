@@ -174,8 +174,9 @@ def eval_pair(run_dir: str | Path, method: str) -> tuple[float | None, float | N
       parameters, :data:`rnnlm.evaluation.rows.SETTING_KEYS`) as that test row, or the
       latest valid row when the method has no test row.
 
-    So after a tuning grid on validation and one test run at the chosen setting
-    (``scripts/tune_eval.py``), both describe that setting. None where there is no such row.
+    So after a tuning grid on validation and one test run at the chosen setting (``rnnlm
+    eval`` with several values for a setting), both describe that setting. None where there
+    is no such row.
     """
     from ..evaluation.rows import SETTING_KEYS  # imported late: the summary need not load torch
 
