@@ -55,7 +55,7 @@ from rnnlm.config import (  # noqa: E402
     DropoutConfig, ModelConfig, Precision, RecurrentDropoutConfig, RunConfig, TrainerConfig,
 )
 from rnnlm.dropout import WeightDropLSTM  # noqa: E402
-from rnnlm.dropout.scheme import registered_schemes  # noqa: E402
+from rnnlm.dropout.scheme import every_variant  # noqa: E402
 from rnnlm.model import AWDLSTM  # noqa: E402
 from rnnlm.precision import autocast, numerics, to_fp32  # noqa: E402
 from rnnlm.training import Trainer  # noqa: E402
@@ -104,22 +104,11 @@ def check_weight_drop(device: torch.device) -> dict:
             "warnings": messages, "rnn_kernels": rnn_kernels[:5]}
 
 
-def every_scheme() -> list[RecurrentDropoutConfig]:
-    configs = []
-    for name, scheme in sorted(registered_schemes().items()):
-        for mask in scheme.masks or ("element",):
-            configs.append(RecurrentDropoutConfig(
-                kind=name, rate=0.0 if name == "none" else 0.3, mask=mask,
-                cell_rate=0.2 if name == "zoneout" else 0.0,
-                per_gate_input=name == "variational" and mask == "untied"))
-    return configs
-
-
 def check_precision(device: torch.device) -> dict:
     """Every scheme x precision on a 2-layer 64-unit model, batch 8, 20 steps, masks on."""
     failures, worst = [], {}
     tokens = torch.randint(0, 500, (21, 8), generator=torch.Generator().manual_seed(0)).to(device)
-    for recurrent in every_scheme():
+    for recurrent in every_variant():
         torch.manual_seed(0)
         dropout = DropoutConfig(embedding=0.1, input=0.2, hidden=0.2, output=0.2, recurrent=recurrent)
         model = AWDLSTM(500, ModelConfig(emsize=32, nhid=64, nlayers=2), dropout).to(device).train()

@@ -20,7 +20,7 @@ from tiny_corpus import write_split_files
 
 from rnnlm.config import ConfigError, DropoutConfig, Precision, RecurrentDropoutConfig, RunConfig
 from rnnlm.dropout import StepLSTM
-from rnnlm.dropout.scheme import registered_schemes
+from rnnlm.dropout.scheme import every_variant
 from rnnlm.model import AWDLSTM
 from rnnlm.precision import autocast, numerics
 from rnnlm.run import train
@@ -38,18 +38,6 @@ def precisions(device: torch.device) -> list[Precision]:
     if device.type == "cpu":
         return [Precision.fp32, Precision.bf16]
     return list(Precision)
-
-
-def every_scheme() -> list[RecurrentDropoutConfig]:
-    """One config per scheme and mask, zoneout with a cell rate, Gal untied with per-gate inputs."""
-    configs = []
-    for name, scheme in sorted(registered_schemes().items()):
-        for mask in scheme.masks or ("element",):
-            configs.append(RecurrentDropoutConfig(
-                kind=name, rate=0.0 if name == "none" else 0.3, mask=mask,
-                cell_rate=0.2 if name == "zoneout" else 0.0,
-                per_gate_input=name == "variational" and mask == "untied"))
-    return configs
 
 
 def tiny_model(recurrent: RecurrentDropoutConfig, device: torch.device) -> AWDLSTM:
@@ -72,7 +60,7 @@ def loss_and_grads(model: AWDLSTM, precision: Precision, device: torch.device) -
     return loss.item(), [p.grad for p in model.parameters()]
 
 
-@pytest.mark.parametrize("recurrent", every_scheme(), ids=lambda c: f"{c.kind}-{c.mask}")
+@pytest.mark.parametrize("recurrent", every_variant(), ids=lambda c: f"{c.kind}-{c.mask}")
 def test_every_scheme_is_finite_and_close_to_fp32_under_each_precision(recurrent, device):
     """Forward and backward in train mode (masks on), fp32 weights and gradients, loss in fp32."""
     model = tiny_model(recurrent, device).train()

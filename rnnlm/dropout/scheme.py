@@ -110,3 +110,18 @@ def recurrent_layer(input_size: int, hidden_size: int, cfg: "RecurrentDropoutCon
     """
     return get_scheme(cfg.kind).build(input_size, hidden_size, cfg.rate, cfg.mask, cfg.cell_rate,
                                   input_rate if cfg.per_gate_input else 0.0)
+
+
+def every_variant(rate: float = 0.3, cell_rate: float = 0.2) -> list["RecurrentDropoutConfig"]:
+    """One config per registered scheme and mask it accepts, at ``rate`` (zoneout: z_h, with
+    z_c = ``cell_rate``; Gal untied with its per-gate input masks): what a check of every
+    recurrent dropout runs over."""
+    from ..config import RecurrentDropoutConfig
+
+    return [
+        RecurrentDropoutConfig(kind=name, rate=0.0 if name == "none" else rate, mask=mask,
+                               cell_rate=cell_rate if name == "zoneout" else 0.0,
+                               per_gate_input=name == "variational" and mask == "untied")
+        for name, scheme in sorted(registered_schemes().items())
+        for mask in scheme.masks or ("element",)
+    ]
