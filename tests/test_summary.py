@@ -134,15 +134,14 @@ def test_runs_are_loaded_with_flattened_config_and_result_columns(sweep):
 
 
 def test_settings_come_from_the_config_alone(tmp_path):
-    """result.csv repeats the settings; the summary reads them from .hydra/config.yaml only,
-    and ignores the ``dataset`` column that result.csv files written before 0.2 carry."""
+    """result.csv repeats the settings; the summary reads them from .hydra/config.yaml only."""
     from rnnlm.summary.runs import load_runs
 
     run = make_run(tmp_path / "0", rate=0.2)
-    result = pd.read_csv(run / "result.csv").assign(**{RATE: 0.9, "dataset": "ptb"})
+    result = pd.read_csv(run / "result.csv").assign(**{RATE: 0.9})
     result.to_csv(run / "result.csv", index=False)
     frame = load_runs([tmp_path]).frame
-    assert frame[RATE].tolist() == [0.2] and "dataset" not in frame and f"result.{RATE}" not in frame
+    assert frame[RATE].tolist() == [0.2] and f"result.{RATE}" not in frame
 
 
 def test_group_means_and_stds_match_hand_computed_values(sweep, capsys):
