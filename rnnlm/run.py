@@ -117,15 +117,14 @@ def train(
     device = resolve_device(cfg.device)
     with cpu_threads(cfg.threads), numerics(cfg.precision, cfg.deterministic, device), \
             stop_on_signals() as stop:
-        return _train(cfg, run_dir, overrides, resume, stop, name, group, stop_early)
+        return _train(cfg, device, run_dir, overrides, resume, stop, name, group, stop_early)
 
 
 def _train(
-    cfg: RunConfig, run_dir: Path, overrides: Sequence[str], resume: bool, stop: StopSignals,
-    name: str | None = None, group: str | None = None,
-    stop_early: Callable[[dict[str, Any]], bool] | None = None,
+    cfg: RunConfig, device: torch.device, run_dir: Path, overrides: Sequence[str], resume: bool,
+    stop: StopSignals, name: str | None, group: str | None,
+    stop_early: Callable[[dict[str, Any]], bool] | None,
 ) -> dict[str, Any]:
-    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     corpus, model = build(cfg, device)
     files = RunFiles(run_dir, cfg, overrides, device)

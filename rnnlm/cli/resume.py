@@ -26,6 +26,12 @@ from .train import log_file
 BUDGET_KEYS = ("trainer.max_epochs", "trainer.max_minutes", "trainer.finetune_epochs", "trainer.progress", "device")
 
 
+def may_differ_on_resume(key: str) -> bool:
+    """Settings a continued run may have changed: its budget and where it runs (BUDGET_KEYS),
+    and which trackers watch it (``logger.*``); none of them changes what is trained."""
+    return key in BUDGET_KEYS or key.startswith("logger.")
+
+
 def load_saved_config(run_dir: Path, changes: list[str]) -> RunConfig:
     saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     schema = OmegaConf.structured(RunConfig)
@@ -55,8 +61,8 @@ def resume_command(argv: list[str]) -> int:
         cfg = load_saved_config(run_dir, changes)
     except (ConfigError, OmegaConfBaseException) as exc:
         return fail(f"resume={run_dir}: {str(exc).strip().splitlines()[0]}")
-    if missing_extra(cfg.logger):
-        return fail(missing_extra(cfg.logger))
+    if missing := missing_extra(cfg.logger):
+        return fail(missing)
     saved_overrides = OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
     try:
         claim = claim_stopped(run_dir)  # refused while the run is still going

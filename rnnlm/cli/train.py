@@ -137,8 +137,8 @@ def validate(task_cfg: DictConfig) -> RunConfig:
     except OmegaConfBaseException as exc:
         raise ConfigError(describe(exc)) from None
     resolve_device(cfg.device)
-    if missing_extra(cfg.logger):
-        raise ConfigError(missing_extra(cfg.logger))
+    if missing := missing_extra(cfg.logger):
+        raise ConfigError(missing)
     ds = cfg.dataset
     key = (ds.name, ds.path, ds.cache_dir, ds.train_tokens, ds.closed_vocab, ds.batch_size, ds.eval_batch_size, ds.test_batch_size)
     if key not in _checked_data:  # a single run is checked twice: by Guard, then by the job
@@ -305,7 +305,7 @@ def check_same_run(run_dir: Path, cfg: RunConfig) -> None:
 
 def check_same_config(run_dir: Path, cfg: RunConfig) -> None:
     """ClaimError unless ``run_dir`` is empty of run files or holds a run of ``cfg``'s config."""
-    from .resume import BUDGET_KEYS, load_saved_config
+    from .resume import load_saved_config, may_differ_on_resume
 
     if not (run_dir / HYDRA_DIR / "config.yaml").is_file():
         if holds_run(run_dir):
@@ -317,8 +317,7 @@ def check_same_config(run_dir: Path, cfg: RunConfig) -> None:
     except (ConfigError, OmegaConfBaseException) as exc:
         raise ClaimError(f"resume=auto: cannot read {run_dir}/{HYDRA_DIR}/config.yaml: {describe(exc)}") from None
     new = settings(cfg)
-    # the budget may grow, and trackers may be added or dropped: neither changes what is trained
-    differ = [k for k in new if k not in BUDGET_KEYS and not k.startswith("logger.") and saved.get(k) != new[k]]
+    differ = [k for k in new if not may_differ_on_resume(k) and saved.get(k) != new[k]]
     if differ:
         key = differ[0]
         raise ClaimError(

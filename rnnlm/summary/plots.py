@@ -18,6 +18,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from ..atomic import atomic_write
+from .runs import read_metrics
 from .tables import Metric, text
 
 DATASET_KEY = "dataset.name"
@@ -117,13 +118,8 @@ def curve_stats(runs: pd.DataFrame, column: str) -> pd.DataFrame:
     """
     curves = []
     for run, (run_dir, setting) in enumerate(zip(runs["run_dir"], runs["setting"])):
-        try:
-            metrics = pd.read_csv(Path(run_dir) / "metrics.csv")
-        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
-            continue
-        if column in metrics:
-            if {"stage", "epoch"} <= set(metrics.columns):
-                metrics = metrics.drop_duplicates(["stage", "epoch"], keep="last")
+        metrics = read_metrics(run_dir)
+        if metrics is not None and column in metrics:
             value = pd.to_numeric(metrics[column], errors="coerce").to_numpy()
             curves.append(pd.DataFrame({"setting": setting, "run": run, "epoch": range(1, len(value) + 1),
                                         "value": value}))

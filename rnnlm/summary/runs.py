@@ -91,14 +91,23 @@ def tested_validation(run_dir: Path, config: dict[str, Any], result: dict[str, A
     or the last validation in metrics.csv (``last``: the final weights, ASGD's averaged ones)."""
     if config.get("eval.test_weights") != "last":
         return {"val_loss": result.get("best_val_loss"), "val_ppl": result.get("best_val_ppl")}
-    try:
-        metrics = pd.read_csv(run_dir / "metrics.csv")
-        if {"stage", "epoch"} <= set(metrics.columns):  # a resumed run may repeat an epoch's row
-            metrics = metrics.drop_duplicates(["stage", "epoch"], keep="last")
-        last = metrics.iloc[-1]
-        return {"val_loss": last["val_loss"], "val_ppl": last["val_ppl"]}
-    except (OSError, IndexError, KeyError, pd.errors.ParserError, pd.errors.EmptyDataError):
+    metrics = read_metrics(run_dir)
+    if metrics is None or metrics.empty or not {"val_loss", "val_ppl"} <= set(metrics.columns):
         return {"val_loss": None, "val_ppl": None}
+    last = metrics.iloc[-1]
+    return {"val_loss": last["val_loss"], "val_ppl": last["val_ppl"]}
+
+
+def read_metrics(run_dir: str | Path) -> pd.DataFrame | None:
+    """A run's metrics.csv, one row per epoch (a resumed run may have written an epoch's row
+    twice: the last is kept); None when it is missing or unreadable."""
+    try:
+        metrics = pd.read_csv(Path(run_dir) / "metrics.csv")
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return None
+    if {"stage", "epoch"} <= set(metrics.columns):
+        metrics = metrics.drop_duplicates(["stage", "epoch"], keep="last")
+    return metrics
 
 
 def load_runs(dirs: Iterable[str | Path]) -> Runs:

@@ -108,8 +108,8 @@ def evaluate_mc(model: AWDLSTM, data: torch.Tensor, bptt: int, samples: int, *, 
 
     Gal's protocol (BayesianRNN ``main_new_dropout_SOTA_v3.lua``, ``run_MC_test``): the
     stream is copied into ``columns`` columns (Gal: 20, ``eval.mc_columns``; 1 = plain passes
-    over the stream) that are read side by side, each with its own masks, and the passes are repeated until every token has ``samples`` predictions, so
-    ceil(samples / columns) passes (the last one with the columns left over). Every pass
+    over the stream) that are read side by side, each with its own masks, and the passes are
+    repeated until every token has ``samples`` predictions, so ceil(samples / columns) passes (the last one with the columns left over). Every pass
     draws one set of masks and keeps it for the whole stream, across BPTT segments (masks
     that are per time step by definition, standard dropout and zoneout, are drawn per step);
     word (embedding) dropout is off unless ``word_dropout``. Masks shared by a minibatch
