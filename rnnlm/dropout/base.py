@@ -62,9 +62,10 @@ def mc_pass(model: nn.Module, skip: tuple[type, ...] = ()) -> Iterator[None]:
 
 # Large CPU masks (W_hh of AWD-size layers: 4600 x 1150) are drawn in fixed chunks from
 # independent generators on a thread pool: CPU torch.rand is a single-threaded Mersenne
-# Twister, and a WeightDrop mask costs 15 ms of it per layer and step (3 % of an AWD step
-# on 2 cores). The chunk seeds come from the global generator, so masks stay reproducible
-# under torch.manual_seed and across resume, and do not depend on the thread count.
+# Twister, and drawing the WeightDrop masks is most of WeightDrop's cost per step
+# (figures: docs/performance.md). The chunk seeds come from the global generator, so
+# masks stay reproducible under torch.manual_seed and across resume, and do not depend
+# on the thread count.
 _PARALLEL_MIN_NUMEL = 1 << 20
 _CHUNKS = 4
 
@@ -78,9 +79,9 @@ def bernoulli_mask(shape, p: float, like: torch.Tensor) -> torch.Tensor:
     """Inverted-dropout mask of ``shape`` (``like``'s dtype and device): 0 with
     probability p, else 1/(1-p). The draw is that of fp32 for bf16/fp16 ``like``.
 
-    Drawn as ``U >= p`` with U ~ U[0, 1), i.e. Bernoulli(1 - p): on CPU ~4x faster
-    than ``Tensor.bernoulli_`` (16 vs 63 ms for a 4600 x 1150 W_hh mask); large CPU
-    masks are drawn in parallel chunks (see above), ~2x faster again.
+    Drawn as ``U >= p`` with U ~ U[0, 1), i.e. Bernoulli(1 - p), which is faster on CPU
+    than ``Tensor.bernoulli_``; large CPU masks are drawn in parallel chunks (see above).
+    Timings: docs/performance.md.
     """
     numel = math.prod(shape)
     if like.dtype in (torch.bfloat16, torch.float16):  # drawn as in fp32: the same mask under autocast

@@ -90,7 +90,7 @@ def _use_onednn(w: Tensor) -> bool:
 
 def _dense(t: Tensor) -> Tensor:
     """A 2-D operand oneDNN multiplies fast: row- or column-major. Other strides (e.g. a column
-    block of a wider matrix) fall onto a reference kernel that is ~500x slower."""
+    block of a wider matrix) fall onto a much slower reference kernel (docs/performance.md)."""
     return t if t.is_contiguous() or t.t().is_contiguous() else t.contiguous()
 
 
