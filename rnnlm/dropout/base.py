@@ -6,9 +6,7 @@ dropout evaluation (Gal & Ghahramani 2016, arXiv 1506.02142) sets ``mc``.
 
 from __future__ import annotations
 
-import functools
 import math
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -60,19 +58,15 @@ def mc_pass(model: nn.Module, skip: tuple[type, ...] = ()) -> Iterator[None]:
             m.mc, m._held = False, None
 
 
-# Large CPU masks (W_hh of AWD-size layers: 4600 x 1150) are drawn in fixed chunks from
-# independent generators on a thread pool: CPU torch.rand is a single-threaded Mersenne
-# Twister, and drawing the WeightDrop masks is most of WeightDrop's cost per step
-# (figures: docs/performance.md). The chunk seeds come from the global generator, so
-# masks stay reproducible under torch.manual_seed and across resume, and do not depend
-# on the thread count.
-_PARALLEL_MIN_NUMEL = 1 << 20
+# Large CPU masks (numel >= _CHUNKED_MIN_NUMEL, e.g. the 4600 x 1150 W_hh of an AWD
+# layer) are drawn as _CHUNKS consecutive chunks, each from its own generator seeded from
+# the global one. The chunks once filled in parallel on a thread pool; it gained less than
+# the 5 % it had to earn (docs/performance.md) and is gone, but the chunked draw stays so
+# that a seed gives the same masks as before (and a resumed run those of the original).
+# The seeds come from the global generator: masks stay reproducible under
+# torch.manual_seed and across resume.
+_CHUNKED_MIN_NUMEL = 1 << 20
 _CHUNKS = 4
-
-
-@functools.cache
-def _pool(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rnnlm-rng")
 
 
 def bernoulli_mask(shape, p: float, like: torch.Tensor) -> torch.Tensor:
@@ -80,21 +74,17 @@ def bernoulli_mask(shape, p: float, like: torch.Tensor) -> torch.Tensor:
     probability p, else 1/(1-p). The draw is that of fp32 for bf16/fp16 ``like``.
 
     Drawn as ``U >= p`` with U ~ U[0, 1), i.e. Bernoulli(1 - p), which is faster on CPU
-    than ``Tensor.bernoulli_``; large CPU masks are drawn in parallel chunks (see above).
+    than ``Tensor.bernoulli_``; large CPU masks are drawn in chunks (see above).
     Timings: docs/performance.md.
     """
     numel = math.prod(shape)
     if like.dtype in (torch.bfloat16, torch.float16):  # drawn as in fp32: the same mask under autocast
         return bernoulli_mask(shape, p, like.new_empty(0, dtype=torch.float32)).to(like.dtype)
-    if like.device.type != "cpu" or numel < _PARALLEL_MIN_NUMEL:
+    if like.device.type != "cpu" or numel < _CHUNKED_MIN_NUMEL:
         return torch.rand(shape, dtype=like.dtype, device=like.device).ge_(p).div_(1.0 - p)
     out = torch.empty(shape, dtype=like.dtype)
     seeds = torch.randint(0, 2**62, (_CHUNKS,)).tolist()
-
-    def fill(chunk: torch.Tensor, seed: int) -> None:  # each chunk stays in its thread's cache
+    for chunk, seed in zip(out.view(-1).chunk(_CHUNKS), seeds):
         torch.rand(chunk.shape, generator=torch.Generator().manual_seed(seed), dtype=chunk.dtype, out=chunk)
         chunk.ge_(p).div_(1.0 - p)
-
-    workers = max(1, min(_CHUNKS, torch.get_num_threads()))
-    list(_pool(workers).map(fill, out.view(-1).chunk(_CHUNKS), seeds))
     return out
