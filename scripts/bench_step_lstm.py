@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import machine, machine_line  # noqa: E402
 import rnnlm.dropout.fused_lstm as fused  # noqa: E402
+import rnnlm.dropout.mkldnn_linear as mkldnn_linear  # noqa: E402
 from rnnlm.dropout import StepLSTM  # noqa: E402
 
 T, B, I, H = 70, 20, 400, 1150  # AWD-LSTM on PTB: bptt 70, batch 20, emsize 400, nhid 1150
@@ -82,11 +83,11 @@ class _OneDNNOff:
     """Runs rnnlm's Function with every GEMM on torch.mm (MKL on CPU), forward and backward."""
 
     def __enter__(self):
-        self.saved = fused._use_onednn
-        fused._use_onednn = lambda w: False
+        self.saved = mkldnn_linear.use_mkldnn
+        mkldnn_linear.use_mkldnn = lambda w: False
 
     def __exit__(self, *exc):
-        fused._use_onednn = self.saved
+        mkldnn_linear.use_mkldnn = self.saved
 
 
 # --------------------------------------------------------------------------- timing
@@ -154,7 +155,7 @@ def step_loop_ratios(repeats: int = 5) -> dict:
         out[f"{key}_ratio"] = round(res[key][1], 3)
         out[f"{key}_ms"] = round(res[key][0] * 1e3, 1)
     out["step_loop_threads"] = torch.get_num_threads()
-    out["step_loop_onednn"] = fused._onednn_linear_available()
+    out["step_loop_onednn"] = mkldnn_linear.ops_available()
     # Another busy process slows multi-threaded torch several-fold, and the many small
     # OpenMP regions of the step loop more than nn.LSTM: with a load average above ~0.5
     # before the run, the figures are suspect.

@@ -14,23 +14,21 @@ derivatives computed for all steps at once, then the weight gradients as single 
 the stacked (T*B, .) tensors (dW_hh = dgates^T @ (h_{t-1}*m), the sum over t done by the GEMM).
 
 The per-step GEMMs are skinny (B rows). On CPU fp32 they go through oneDNN with the
-recurrent weight prepacked once per forward/backward
-(``torch.ops.mkldnn._reorder_linear_weight`` then ``_linear_pointwise``), the way
-oneDNN's RNN primitive makes ``nn.LSTM`` fast on CPU; elsewhere (CUDA, float64, builds
-without oneDNN) plain ``torch.mm``. oneDNN given an operand that is neither row- nor
-column-major falls back to a slow reference kernel, hence :func:`_dense`. Speed
-relative to ``nn.LSTM``: ``scripts/bench_step_lstm.py``, figures in
-``docs/performance.md``.
+recurrent weight prepacked once per forward/backward, the way oneDNN's RNN primitive makes
+``nn.LSTM`` fast on CPU; elsewhere (CUDA, float64, builds without oneDNN) plain
+``torch.mm``: :mod:`rnnlm.dropout.mkldnn_linear` chooses. Speed relative to ``nn.LSTM``:
+``scripts/bench_step_lstm.py``, figures in ``docs/performance.md``.
 """
 
 from __future__ import annotations
 
-import functools
-from typing import Callable, Mapping, NamedTuple, Optional
+from typing import Mapping, NamedTuple, Optional
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+from .mkldnn_linear import linear, prepacked_linear
 
 
 class FusedMasks(NamedTuple):
@@ -64,53 +62,6 @@ def fused_lstm(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_
         return _StepLSTMFunction.apply(*(None if t is None else t.to(dtype) for t in tensors))
 
 
-# --------------------------------------------------------------------------- GEMMs
-
-
-@functools.cache
-def _onednn_linear_available() -> bool:
-    """Whether this build has oneDNN's prepacked linear (x86/ARM CPU builds of torch >= 2.0)."""
-    if not torch.backends.mkldnn.is_available():
-        return False
-    try:
-        # fixed values: drawing from the global RNG here would shift every later mask
-        w = torch.arange(32.0).view(8, 4) / 32
-        x = torch.arange(12.0).view(3, 4) / 12
-        packed = torch.ops.mkldnn._reorder_linear_weight(w, 3)
-        y = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
-        return bool(torch.allclose(y, x @ w.t(), atol=1e-5))
-    except (RuntimeError, AttributeError):
-        return False
-
-
-def _use_onednn(w: Tensor) -> bool:
-    return (w.device.type == "cpu" and w.dtype == torch.float32
-            and torch.backends.mkldnn.enabled and _onednn_linear_available())
-
-
-def _dense(t: Tensor) -> Tensor:
-    """A 2-D operand oneDNN multiplies fast: row- or column-major. Other strides (e.g. a column
-    block of a wider matrix) fall onto a much slower reference kernel (docs/performance.md)."""
-    return t if t.is_contiguous() or t.t().is_contiguous() else t.contiguous()
-
-
-def _prepacked(w: Tensor, batch: int) -> Callable[[Tensor], Tensor]:
-    """``x -> x @ w.T`` for many calls on ``(batch, K)`` inputs; ``w (N, K)`` is prepared once."""
-    if _use_onednn(w):
-        packed = torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), batch)
-        return lambda x: torch.ops.mkldnn._linear_pointwise(
-            x.contiguous(), packed, None, "none", [], "")
-    wt = w.t()
-    return lambda x: torch.mm(x, wt)
-
-
-def _mm_nt(a: Tensor, b: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-    """``a @ b.T (+ bias)`` for the large once-per-sequence GEMMs (oneDNN on CPU fp32)."""
-    if _use_onednn(b):
-        return torch.ops.mkldnn._linear_pointwise(_dense(a), _dense(b), bias, "none", [], "")
-    return torch.mm(a, b.t()) if bias is None else torch.addmm(bias, a, b.t())
-
-
 # --------------------------------------------------------------------------- the loop
 
 
@@ -130,17 +81,17 @@ class _StepLSTMFunction(torch.autograd.Function):
         # Input projection of all steps at once, both biases folded in.
         bias = b_ih + b_hh
         if mask_x is None:
-            xw = _mm_nt(x.reshape(T * B, -1), w_ih, bias).view(T, B, 4 * H)  # (T, B, 4H)
+            xw = linear(x.reshape(T * B, -1), w_ih, bias).view(T, B, 4 * H)  # (T, B, 4H)
         else:  # each gate block sees x_t under its own (B, I) mask, constant over time
             xw = x.new_empty(T * B, 4 * H)
             for k in range(4):
                 blk = slice(k * H, (k + 1) * H)
-                xw[:, blk] = _mm_nt((x * mask_x[k]).reshape(T * B, -1), w_ih[blk], bias[blk])
+                xw[:, blk] = linear((x * mask_x[k]).reshape(T * B, -1), w_ih[blk], bias[blk])
             xw = xw.view(T, B, 4 * H)
         if untied:  # one (H, H) block of W_hh per gate, each on its own masked h_{t-1}
-            rec = [_prepacked(w_hh[k * H:(k + 1) * H], B) for k in range(4)]
+            rec = [prepacked_linear(w_hh[k * H:(k + 1) * H], B) for k in range(4)]
         else:
-            rec = _prepacked(w_hh, B)
+            rec = prepacked_linear(w_hh, B)
 
         A = x.new_empty(T, B, 4 * H)  # gate activations i, f, g, o
         C = x.new_empty(T + 1, B, H)  # C[t] = c_{t-1}; C[0] = c0
@@ -197,9 +148,9 @@ class _StepLSTMFunction(torch.autograd.Function):
         if mask_g is not None:
             Gd, Id = G_ * mask_g, I_ * mask_g
         if untied:
-            rec = [_prepacked(w_hh[k * H:(k + 1) * H].t(), B) for k in range(4)]
+            rec = [prepacked_linear(w_hh[k * H:(k + 1) * H].t(), B) for k in range(4)]
         else:
-            rec = _prepacked(w_hh.t(), B)
+            rec = prepacked_linear(w_hh.t(), B)
 
         dA = torch.empty_like(A)  # d loss / d gate pre-activations, (T, B, 4H)
         dh = dh_n.clone()  # (B, H)
@@ -263,7 +214,7 @@ class _StepLSTMFunction(torch.autograd.Function):
                     torch.mm(dA2[:, k * H:(k + 1) * H].t(), hm, out=dw_hh[k * H:(k + 1) * H])
             else:
                 hm = h_prev if mask_h is None else h_prev * mask_h
-                dw_hh = _mm_nt(dA2.t(), hm.view(T * B, H).t())  # (4H, H)
+                dw_hh = linear(dA2.t(), hm.view(T * B, H).t())  # (4H, H)
         if ctx.needs_input_grad[5] or ctx.needs_input_grad[6]:
             db = dA2.sum(0)
         db2 = None if db is None else db.clone()  # two parameters must not share a grad tensor
