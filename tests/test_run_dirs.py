@@ -8,6 +8,7 @@ where separate processes matter.
 import errno
 import itertools
 import os
+import shutil
 import signal
 
 import pytest
@@ -115,6 +116,30 @@ def test_sigterm_at_any_moment_then_resume_gives_the_same_numbers(moment, refere
     assert numbers(run_dir)[0] == numbers(reference)[0]
     (row,) = read_rows(run_dir / "result.csv")
     assert row["status"] == "completed" and row["test_ppl"] == read_rows(reference / "result.csv")[0]["test_ppl"]
+
+
+def test_resume_run_dir_replays_the_saved_overrides_and_keeps_the_saved_budget(reference, tmp_path, monkeypatch):
+    """resume=RUN_DIR is resume=auto on the run's own overrides and directory; a budget key
+    the command does not give keeps the run's saved value even where the presets now differ."""
+    run_dir = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        sigterm_on_call(patch, "rnnlm.training.trainer.segment_losses", 2)
+        assert rnnlm_main(["train", *RUN, f"hydra.run.dir={run_dir}"]) == 130
+    overrides = run_dir / ".hydra" / "overrides.yaml"  # as if max_epochs=3 had come from a preset
+    overrides.write_text(OmegaConf.to_yaml(OmegaConf.create(
+        [o for o in OmegaConf.load(overrides) if not o.startswith("trainer.max_epochs=")])))
+    assert rnnlm_main(["train", f"resume={run_dir}"]) == 0
+    assert numbers(run_dir)[0] == numbers(reference)[0]  # three epochs, as the run was started
+
+
+def test_resume_auto_with_an_unreadable_checkpoint_is_one_line(reference, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir)
+    (run_dir / "result.csv").write_text((run_dir / "result.csv").read_text().replace("completed", "interrupted"))
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
+    assert rnnlm_main(["train", *RUN, f"hydra.run.dir={run_dir}", "resume=auto"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot load checkpoint" in err and err.count("\n") == 1
 
 
 # ------------------------------------------------------------------------- resume=auto

@@ -1,29 +1,50 @@
-"""``rnnlm train resume=RUN_DIR [budget overrides]``: continue a run in its own directory.
+"""Whether and how a run continues: one set of rules for both ways of asking.
 
-The run's saved config (``RUN_DIR/.hydra/config.yaml``) is used as it is; only
-budget keys may change. Hydra is not involved, so nothing in ``RUN_DIR/.hydra``
-is rewritten and no new run directory appears.
+* ``rnnlm train resume=auto [overrides]`` (single runs and every job of a sweep, also a
+  requeued SLURM job): a directory that holds a stopped run of the same config is taken
+  over and continued from its checkpoint, a finished one is passed over, and an unused
+  one starts afresh.
+* ``rnnlm train resume=RUN_DIR [budget overrides]``: the run's saved overrides, with its
+  saved budget unless one is given, replayed by Hydra with ``hydra.run.dir=RUN_DIR``
+  under the same rules, except that the run must exist, have a checkpoint and not be
+  finished, since continuing it is what was asked for.
+
+Either way :func:`claim_run_dir` decides, in the job, after Hydra has composed the
+config: the claim, the config check (only :func:`may_differ_on_resume` keys may
+differ) and the status check live there and nowhere else.
 """
 
 from __future__ import annotations
 
+import math
+from functools import reduce
 from pathlib import Path
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ..config import ConfigError, RunConfig
-from ..data import DataError
-from ..atomic import WriteError
+from ..config import ConfigError, RunConfig, settings
 from ..results import read_csv
-from ..run import LAST, train
-from ..rundir import ClaimError, claim_stopped
-from ..training import CheckpointError
-from ..tracking import missing_extra
-from .errors import EXIT_INTERRUPTED, fail
-from .train import log_file
+from ..run import LAST, holds_run
+from ..rundir import Claim, ClaimError, claim_new, claim_stopped, is_claimed
+from .errors import describe
 
+HYDRA_DIR = ".hydra"
+# How the job hears how it was asked to continue (hydra.job.env_set, so every launcher and a
+# requeued job carry it): AUTO for resume=auto, NAMED for resume=RUN_DIR.
+RESUME_ENV = "RNNLM_RESUME"
+AUTO, NAMED = "auto", "named"
+# What a continued run may change: its budget and where it runs; none of them changes what is trained.
 BUDGET_KEYS = ("trainer.max_epochs", "trainer.max_minutes", "trainer.finetune_epochs", "trainer.progress", "device")
+
+
+class RunFinished(Exception):
+    """The run asked to continue has already completed or diverged: nothing to do."""
+
+    def __init__(self, run_dir: Path, status: str, best: float):
+        super().__init__(f"{run_dir} holds a {status} run; nothing to do")
+        self.status = status
+        self.best = best
 
 
 def may_differ_on_resume(key: str) -> bool:
@@ -33,48 +54,107 @@ def may_differ_on_resume(key: str) -> bool:
 
 
 def load_saved_config(run_dir: Path, changes: list[str]) -> RunConfig:
-    saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    """The typed config a run saved in ``RUN_DIR/.hydra/config.yaml``, with ``changes`` (dotlist)."""
+    saved = OmegaConf.load(run_dir / HYDRA_DIR / "config.yaml")
     schema = OmegaConf.structured(RunConfig)
     merged = OmegaConf.merge(schema, saved, OmegaConf.from_dotlist(changes))
     return OmegaConf.to_object(merged)  # type: ignore[return-value]
 
 
-def resume_command(argv: list[str]) -> int:
-    resumes = [a for a in argv if a.startswith("resume=")]
-    changes = [a for a in argv if not a.startswith("resume=")]
-    if len(resumes) > 1:
-        return fail("give one resume=RUN_DIR")
-    run_dir = Path(resumes[0].split("=", 1)[1]).expanduser()
-    if not (run_dir / ".hydra" / "config.yaml").is_file():
-        return fail(f"resume={run_dir} is not a run directory (no .hydra/config.yaml); give the directory of the run to continue")
-    if not (run_dir / LAST).is_file():
-        return fail(f"resume={run_dir} has no checkpoint ({LAST}) to continue from; start a new run instead")
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def named_resume_argv(run_dir: Path, changes: list[str]) -> list[str]:
+    """The Hydra command line that continues the run in ``run_dir``: its saved overrides,
+    ``changes`` (budget overrides only) and its directory; the job keeps the saved budget
+    where ``changes`` give none (:func:`keep_saved_budget`). ConfigError, in one line, when
+    ``run_dir`` is no run or a change is not a budget key."""
+    if not (run_dir / HYDRA_DIR / "config.yaml").is_file():
+        raise ConfigError(f"resume={run_dir} is not a run directory (no {HYDRA_DIR}/config.yaml); "
+                          f"give the directory of the run to continue")
     for change in changes:
-        key = change.split("=", 1)[0]
-        if "=" not in change or key not in BUDGET_KEYS:
-            return fail(f"{change!r} cannot change on resume: the run keeps its saved config; only {', '.join(BUDGET_KEYS)} may be given")
+        if "=" not in change or _override_key(change) not in BUDGET_KEYS:
+            raise ConfigError(f"{change!r} cannot change on resume: the run keeps its saved config; "
+                              f"only {', '.join(BUDGET_KEYS)} may be given")
+    try:
+        replayed = [str(o) for o in OmegaConf.load(run_dir / HYDRA_DIR / "overrides.yaml")]
+    except (OSError, OmegaConfBaseException) as exc:
+        raise ConfigError(f"resume={run_dir}: cannot read {HYDRA_DIR}/overrides.yaml: {describe(exc)}") from None
+    given = {_override_key(c) for c in changes}
+    kept = [o for o in replayed if _override_key(o) not in given]
+    quoted = "'" + str(run_dir).replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return [*kept, *changes, f"hydra.run.dir={quoted}", f"++hydra.job.env_set.{RESUME_ENV}={NAMED}"]
+
+
+def keep_saved_budget(cfg: RunConfig, run_dir: Path, overrides: list[str]) -> None:
+    """For resume=RUN_DIR: each budget key that ``overrides`` does not set takes the run's saved
+    value, so a run continues to its own budget even if the presets' defaults have changed."""
+    if not (run_dir / HYDRA_DIR / "config.yaml").is_file():
+        return
+    given = {_override_key(o) for o in overrides}
+    saved = load_saved_config(run_dir, [])
+    for key in BUDGET_KEYS:
+        if key not in given:
+            *path, name = key.split(".")
+            setattr(reduce(getattr, path, cfg), name, getattr(reduce(getattr, path, saved), name))
+
+
+def claim_run_dir(run_dir: Path, cfg: RunConfig, how: str | None) -> tuple[Claim, bool]:
+    """Claim ``run_dir`` for a job: ``(claim, resume)``; ``how`` is None, AUTO or NAMED.
+
+    A new run needs a directory no run has claimed. To continue, the directory must hold a
+    stopped run of ``cfg``'s config; it is taken over, and ``resume`` says whether there is
+    a checkpoint to continue from (with AUTO a run stopped before its first checkpoint
+    starts afresh; NAMED requires one). A finished run raises :class:`RunFinished`.
+    """
+    used = is_claimed(run_dir) or holds_run(run_dir) or (run_dir / HYDRA_DIR).exists()
+    if how is None:
+        if used:
+            raise ClaimError(
+                f"hydra.run.dir={run_dir} already holds a run; choose a new hydra.run.dir, or continue "
+                f"it with `rnnlm train resume={run_dir}` (or resume=auto)"
+            )
+        return claim_new(run_dir), False
+    if not used:
+        return claim_new(run_dir), False
+    claim = claim_stopped(run_dir)  # refused while the run is still going
+    try:
+        check_same_config(run_dir, cfg)
+        check_not_finished(run_dir)
+        if how == NAMED and not (run_dir / LAST).is_file():
+            raise ClaimError(f"resume={run_dir} has no checkpoint ({LAST}) to continue from; start a new run instead")
+    except (ClaimError, RunFinished):
+        claim.release()
+        raise
+    return claim, (run_dir / LAST).is_file()
+
+
+def check_not_finished(run_dir: Path) -> None:
+    """RunFinished if the run in ``run_dir`` has completed or diverged."""
     if (run_dir / "result.csv").is_file():
         (row,) = read_csv(run_dir / "result.csv") or [{}]
-        if row.get("status") == "completed":
-            return fail(f"resume={run_dir}: that run already completed; nothing to resume")
+        if row.get("status") in ("completed", "diverged"):
+            best = row.get("best_val_ppl")
+            raise RunFinished(run_dir, row["status"], float(best) if best and row["status"] == "completed" else math.inf)
+
+
+def check_same_config(run_dir: Path, cfg: RunConfig) -> None:
+    """ClaimError unless ``run_dir`` is empty of run files or holds a run of ``cfg``'s config."""
+    if not (run_dir / HYDRA_DIR / "config.yaml").is_file():
+        if holds_run(run_dir):
+            raise ClaimError(f"{run_dir} holds run files but no {HYDRA_DIR}/config.yaml; choose a new hydra.run.dir")
+        return  # claimed, but stopped before it wrote anything: start afresh
     try:
-        cfg = load_saved_config(run_dir, changes)
+        saved = settings(load_saved_config(run_dir, []))
     except (ConfigError, OmegaConfBaseException) as exc:
-        return fail(f"resume={run_dir}: {str(exc).strip().splitlines()[0]}")
-    if missing := missing_extra(cfg.logger):
-        return fail(missing)
-    saved_overrides = OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
-    try:
-        claim = claim_stopped(run_dir)  # refused while the run is still going
-    except ClaimError as exc:
-        return fail(f"resume={run_dir}: {exc}")
-    with claim, log_file(run_dir / "rnnlm_train.log", console=True):
-        try:
-            result = train(cfg, run_dir, overrides=[*saved_overrides, *changes], resume=True)
-        except (ConfigError, DataError, CheckpointError) as exc:
-            return fail(str(exc))
-        except WriteError as exc:
-            return fail(f"{exc}; the previous file is intact: resume again with `rnnlm train resume={run_dir}`", 1)
-    if result["status"] == "interrupted":
-        return EXIT_INTERRUPTED
-    return 1 if result["status"] == "diverged" else 0
+        raise ClaimError(f"cannot read {run_dir}/{HYDRA_DIR}/config.yaml: {describe(exc)}") from None
+    new = settings(cfg)
+    differ = [k for k in new if not may_differ_on_resume(k) and saved.get(k) != new[k]]
+    if differ:
+        key = differ[0]
+        raise ClaimError(
+            f"{run_dir} holds a run with a different config ({key}={saved.get(key)}, not {new[key]}): "
+            f"a continued run may change only {', '.join(BUDGET_KEYS)} and logger.*; "
+            f"choose a new hydra.run.dir"
+        )

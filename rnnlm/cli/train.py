@@ -46,13 +46,16 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from ..atomic import WriteError, atomic_write_text
-from ..config import ConfigError, RunConfig, settings
+from ..config import ConfigError, RunConfig
 from ..data import DataError, load_dataset
-from ..run import LAST, check_batch_sizes, holds_run, train
-from ..rundir import Claim, ClaimError, claim_new, claim_stopped, is_claimed
+from ..run import check_batch_sizes, train
+from ..rundir import ClaimError
 from ..runtime import resolve_device, sweep_device
 from ..tracking import missing_extra
+from ..training import CheckpointError
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, describe, fail
+from .resume import (AUTO, HYDRA_DIR, NAMED, RESUME_ENV, RunFinished, claim_run_dir, keep_saved_budget,
+                     named_resume_argv)
 
 log = logging.getLogger("rnnlm")
 
@@ -69,19 +72,9 @@ Plugins.instance().register(OptunaSweeper)
 OmegaConf.register_new_resolver("rnnlm.tag", lambda: secrets.token_hex(2), use_cache=True, replace=True)
 
 CONFIG_MODULE = "rnnlm.configs"
-HYDRA_DIR = ".hydra"
-RESUME_AUTO = "RNNLM_RESUME"  # set to "auto" (hydra.job.env_set) by `rnnlm train ... resume=auto`
 # The keys a sweep's command line sets to one value for every job (a JSON list), for the jobs'
 # tracker run names; the environment reaches the jobs of every launcher.
 SWEEP_SHARED = "RNNLM_SWEEP_SHARED"
-
-
-class RunFinished(Exception):
-    """``resume=auto`` found the run already finished (completed or diverged): nothing to do."""
-
-    def __init__(self, run_dir: Path, status: str, best: float):
-        super().__init__(f"resume=auto: {run_dir} holds a {status} run; nothing to do")
-        self.best = best
 
 
 class JobRefused(Exception):
@@ -196,7 +189,7 @@ class Guard(Callback):
         Guard.started = True
         sweep = Path(str(config.hydra.sweep.dir))
         _new_sweep_dirs[:] = [p for p in (sweep, *sweep.parents) if not p.exists()]
-        if config.hydra.job.env_set.get(RESUME_AUTO) == "auto":
+        if config.hydra.job.env_set.get(RESUME_ENV) == AUTO:
             return  # resuming the jobs of this sweep is what was asked for
         taken = sorted(p.parent for p in sweep.glob("**/result.csv")) if sweep.is_dir() else []
         if taken:
@@ -212,14 +205,18 @@ def hydra_train(dcfg: DictConfig) -> float:
     run_dir = Path(hc.runtime.output_dir)
     single_run = hc.mode == RunMode.RUN
     overrides = list(hc.overrides.task)
-    auto = os.environ.get(RESUME_AUTO) == "auto"
+    how = os.environ.get(RESUME_ENV) or None  # AUTO, NAMED or None
     try:
         cfg = validate(dcfg)  # before anything is written
         if not single_run:  # job i of a sweep on GPU i mod G, unless pinned
             cfg.device = sweep_device(cfg.device, hc.job.num, torch.cuda.device_count())
-        claim, resume = claim_run_dir(run_dir, cfg, auto)
-    except RunFinished as done:  # a sweep continued with resume=auto passes over its finished jobs
-        log.info("%s", done)
+        claim, resume = claim_run_dir(run_dir, cfg, how)
+        if how == NAMED:
+            keep_saved_budget(cfg, run_dir, overrides)
+    except RunFinished as done:
+        if how == NAMED:  # continuing this very run was asked for
+            raise SystemExit(fail(f"resume={run_dir}: that run already {done.status}; nothing to resume")) from None
+        log.info("resume=auto: %s", done)  # a sweep continued with resume=auto passes over its finished jobs
         return done.best
     except (ConfigError, DataError, ClaimError) as exc:
         with contextlib.suppress(OSError):
@@ -238,6 +235,10 @@ def hydra_train(dcfg: DictConfig) -> float:
                 result = train(cfg, run_dir, overrides=overrides, resume=resume, name=run_name(overrides, single_run),
                                group=group,
                                stop_early=None if single_run else job_pruner(hc.sweeper, hc.sweep.dir, hc.job.num))
+            except CheckpointError as exc:  # the checkpoint to continue from cannot be read
+                if single_run:
+                    raise SystemExit(fail(str(exc))) from None
+                raise JobRefused(f"job {hc.job.num}: {exc}") from None
             except WriteError as exc:  # recorded as status=failed where the disk still allowed it
                 message = f"{exc}; the previous file is intact: continue with `rnnlm train resume={run_dir}`"
                 if single_run:
@@ -261,69 +262,6 @@ def run_name(overrides: list[str], single_run: bool) -> str | None:
     shared = set() if single_run else set(json.loads(os.environ.get(SWEEP_SHARED, "[]")))
     kept = [o for o in overrides if override_key(o) not in shared and not override_key(o).startswith("logger")]
     return " ".join(kept) or None
-
-
-def claim_run_dir(run_dir: Path, cfg: RunConfig, auto: bool) -> tuple[Claim, bool]:
-    """Claim ``run_dir`` for this job: ``(claim, resume)``.
-
-    A new run needs a directory no run has claimed. With ``resume=auto`` a directory that
-    holds a stopped run with the same config is taken over and continued (``resume`` is
-    True when it has a checkpoint to continue from); a different run is refused, and a
-    finished one raises :class:`RunFinished`, so that the same command finishes a sweep.
-    """
-    used = is_claimed(run_dir) or holds_run(run_dir) or (run_dir / HYDRA_DIR).exists()
-    if not auto:
-        if used:
-            raise ClaimError(
-                f"hydra.run.dir={run_dir} already holds a run; choose a new hydra.run.dir, or continue "
-                f"it with `rnnlm train resume={run_dir}` (or resume=auto)"
-            )
-        return claim_new(run_dir), False
-    if not used:
-        return claim_new(run_dir), False
-    claim = claim_stopped(run_dir)
-    try:
-        check_same_run(run_dir, cfg)
-    except (ClaimError, RunFinished):
-        claim.release()
-        raise
-    return claim, (run_dir / LAST).is_file()
-
-
-def check_same_run(run_dir: Path, cfg: RunConfig) -> None:
-    """``resume=auto``: the stopped run in ``run_dir`` must have ``cfg``'s config (ClaimError);
-    RunFinished if it has already completed or diverged."""
-    from ..results import read_csv
-
-    check_same_config(run_dir, cfg)
-    if (run_dir / "result.csv").is_file():
-        (row,) = read_csv(run_dir / "result.csv") or [{}]
-        if row.get("status") in ("completed", "diverged"):
-            best = row.get("best_val_ppl")
-            raise RunFinished(run_dir, row["status"], float(best) if best and row["status"] == "completed" else math.inf)
-
-
-def check_same_config(run_dir: Path, cfg: RunConfig) -> None:
-    """ClaimError unless ``run_dir`` is empty of run files or holds a run of ``cfg``'s config."""
-    from .resume import load_saved_config, may_differ_on_resume
-
-    if not (run_dir / HYDRA_DIR / "config.yaml").is_file():
-        if holds_run(run_dir):
-            raise ClaimError(f"resume=auto: {run_dir} holds run files but no {HYDRA_DIR}/config.yaml; "
-                             f"choose a new hydra.run.dir")
-        return  # claimed, but stopped before it wrote anything: start afresh
-    try:
-        saved = settings(load_saved_config(run_dir, []))
-    except (ConfigError, OmegaConfBaseException) as exc:
-        raise ClaimError(f"resume=auto: cannot read {run_dir}/{HYDRA_DIR}/config.yaml: {describe(exc)}") from None
-    new = settings(cfg)
-    differ = [k for k in new if not may_differ_on_resume(k) and saved.get(k) != new[k]]
-    if differ:
-        key = differ[0]
-        raise ClaimError(
-            f"resume=auto: {run_dir} holds a run with a different config ({key}={saved.get(key)}, "
-            f"not {new[key]}); choose a new hydra.run.dir"
-        )
 
 
 def save_hydra_files(directory: Path, task_cfg: DictConfig, overrides: list[str]) -> None:
@@ -357,12 +295,18 @@ def log_file(path: Path, console: bool = False) -> Iterator[None]:
 
 def train_command(argv: list[str]) -> int:
     resumes = [arg for arg in argv if arg.startswith("resume=")]
-    if resumes and resumes != ["resume=auto"]:
-        from .resume import resume_command
-
-        return resume_command(argv)
-    if resumes:  # the job's environment carries it, to every launcher and to a requeued job
-        argv = [arg for arg in argv if arg != "resume=auto"] + [f"++hydra.job.env_set.{RESUME_AUTO}=auto"]
+    argv = [arg for arg in argv if not arg.startswith("resume=")]
+    if len(resumes) > 1:
+        return fail("give resume= once: resume=auto, or resume=RUN_DIR to continue that run")
+    if resumes == ["resume=auto"]:  # the job's environment carries it, to every launcher and to a requeued job
+        argv.append(f"++hydra.job.env_set.{RESUME_ENV}={AUTO}")
+    elif resumes:
+        if any(arg.startswith("-") for arg in argv):
+            return fail("resume=RUN_DIR continues one run: give it no Hydra flags (-m, --cfg, ...)")
+        try:
+            argv = named_resume_argv(Path(resumes[0].split("=", 1)[1]).expanduser(), argv)
+        except ConfigError as exc:
+            return fail(str(exc))
     sys.argv = ["rnnlm train", *argv]
     _checked_data.clear()
     Guard.started = False
