@@ -82,12 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _tables(summary: pd.DataFrame, best: pd.DataFrame, metrics: list[Metric], fmt: str,
             baseline: list[str]) -> str:
-    caption = (f"best by validation: lowest mean {metrics[0].val} per variant "
-               f"({metrics[0].test} reported at that setting)")
+    """The summary table, under its baseline note if any, then the best-by-validation table
+    where some variant has several settings to choose from (else it would repeat the first)."""
     prefix = {"markdown": "### ", "csv": "# ", "latex": "% "}[fmt]  # a heading in markdown, else a comment
-    summary_text, best_text = (tables.format_table(table, metrics, fmt) for table in (summary, best))
-    note = f"{prefix}{compare.describe(metrics[0], baseline)}\n" if baseline else ""
-    return f"{summary_text}{note}\n{prefix}{caption}\n\n{best_text}"
+    note = f"{prefix}{compare.describe(metrics[0], baseline)}\n\n" if baseline else ""
+    text = note + tables.format_table(summary, metrics, fmt)
+    if len(best) < len(summary):
+        caption = (f"best by validation: lowest mean {metrics[0].val} per variant "
+                   f"({metrics[0].test} reported at that setting)")
+        text += f"\n{prefix}{caption}\n\n{tables.format_table(best, metrics, fmt)}"
+    return text
 
 
 def _left_out(left: pd.DataFrame, total: int) -> str:

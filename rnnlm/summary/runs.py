@@ -6,7 +6,8 @@ every flattened config key (``dropout.recurrent.kind``, ...) and the outcome col
 ``result.csv``. The settings that result.csv repeats are not read from it; its columns
 that share a name with a config key or ``run_dir`` are renamed ``result.<name>``
 (``result.device``: the device used where the config may say ``auto``;
-``result.run_dir``: where the run was written). A run without a readable result.csv
+``result.run_dir``: where the run was written); ``dropout.recurrent.mask`` is ``—`` for a
+scheme without a mask. A run without a readable result.csv
 counts as ``failed`` and ``note`` says why. :func:`eval_pair` reads the perplexities
 that ``rnnlm eval`` wrote to ``eval.csv``.
 """
@@ -67,6 +68,22 @@ def load_config(run_dir: Path) -> dict[str, Any]:
     return {k: str(v) if isinstance(v, list) else v for k, v in flat.items()}
 
 
+UNREAD = "—"  # a setting the run's recurrent dropout scheme does not read
+
+
+def without_unread_mask(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with ``dropout.recurrent.mask`` shown as UNREAD where the run's scheme has no
+    mask (``kind=none``), so that a table or legend does not name a mask that was never drawn."""
+    kind = config.get("dropout.recurrent.kind")
+    if "dropout.recurrent.mask" in config and isinstance(kind, str):
+        from ..dropout.scheme import registered_schemes  # torch: only for runs that have a scheme
+
+        scheme = registered_schemes().get(kind)
+        if scheme is not None and not scheme.masks:
+            config["dropout.recurrent.mask"] = UNREAD
+    return config
+
+
 def _record(run_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
     """The run's row: where, status and note, its config, then its result.csv outcomes."""
     result, note = {}, ""
@@ -123,7 +140,7 @@ def load_runs(dirs: Iterable[str | Path]) -> Runs:
         if not found:
             raise RunsError(f"{d}: no runs found (no .hydra/config.yaml below it)")
         run_dirs.update({r.resolve(): r for r in found if r.resolve() not in run_dirs})
-    configs = {r: load_config(r) for r in run_dirs.values()}
+    configs = {r: without_unread_mask(load_config(r)) for r in run_dirs.values()}
     frame = pd.DataFrame([_record(r, c) for r, c in configs.items()])
     return Runs(frame, list(dict.fromkeys(k for c in configs.values() for k in c)))
 
