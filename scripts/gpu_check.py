@@ -19,8 +19,11 @@ Checks (each one passes, fails or is skipped with its reason; a skip is never a 
 
 Measurements (figures, not checks): AWD PTB training tokens/s and the projected PTB epoch time
 at fp32, tf32 and bf16, for AWD (WeightDrop, cuDNN), a no-WeightDrop stack (``nn.LSTM``'s
-kernel) and the Gal tied step loop, and that loop under ``torch.compile`` (in a child process
-given at most 150 s; ``--no-compile`` leaves it out).
+kernel) and the Gal tied step loop; and the Gal tied training step through rnnlm's own
+``Trainer.train_step`` with ``trainer.compile=off`` against ``trainer.compile=reduce-overhead``
+(the latter in a child process given at most 150 s, compiling included; ``--no-compile``
+leaves it out): ``compile_speedup`` (off step time / compiled step time) is the figure that
+decides the option's default.
 
 Prints one JSON object on its last line: the machine (scripts/machine.py), ``checks`` and
 ``measurements``. Exits 0 when every check passed or was skipped, 1 when one failed, 2 when
@@ -246,11 +249,9 @@ def check_pytest_gpu(skip: bool) -> dict:
 
 
 # ------------------------------------------------------------------------ measurements
-def step_seconds(dropout: DropoutConfig, precision: Precision, device: torch.device, steps: int,
-                 compiled: bool = False) -> float:
+def step_seconds(dropout: DropoutConfig, precision: Precision, device: torch.device, steps: int) -> float:
     torch.manual_seed(0)
     model = AWDLSTM(VOCAB, ModelConfig(), dropout).to(device).train()
-    forward = torch.compile(model) if compiled else model
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     x = torch.randint(0, VOCAB, (BPTT, BATCH), device=device)
     y = torch.randint(0, VOCAB, (BPTT, BATCH), device=device)
@@ -259,7 +260,7 @@ def step_seconds(dropout: DropoutConfig, precision: Precision, device: torch.dev
     def step() -> None:
         opt.zero_grad(set_to_none=True)
         with autocast(precision, device):
-            out = forward(x, hidden)
+            out = model(x, hidden)
         F.cross_entropy(to_fp32(out.logits).flatten(0, 1), y.flatten()).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
         opt.step()
@@ -275,12 +276,45 @@ def step_seconds(dropout: DropoutConfig, precision: Precision, device: torch.dev
     return (time.perf_counter() - t) / steps
 
 
+GAL_TIED = replace(DropoutConfig(), recurrent=RecurrentDropoutConfig("variational", 0.5, "tied"))
+
+
+def trainer_step(device: torch.device, steps: int, compile_mode: str) -> dict:
+    """The Gal tied AWD model's training step as rnnlm runs it (``Trainer.train_step``: AR/TAR,
+    clipping, SGD, the hidden state carried), fp32, fixed length BPTT (one compiled shape),
+    with ``trainer.compile=compile_mode``: step time, and the time of the first 5 steps
+    (compiling and CUDA-graph recording, if any)."""
+    cfg = awd_config(variable_bptt=False, compile=compile_mode)
+    cfg.dropout = GAL_TIED
+    torch.manual_seed(0)
+    model = AWDLSTM(VOCAB, cfg.model, cfg.dropout).to(device)
+    data = torch.randint(0, VOCAB, (BPTT + 1, BATCH), device=device)
+    trainer = Trainer(model, cfg, data, data, save_best=lambda w: None, load_best=lambda: {})
+    trainer.hidden = model.init_hidden(BATCH)
+    model.train()
+    x, y = data[:BPTT], data[1:]
+    n = max(10, steps // 4)
+    with numerics(Precision.fp32, False, device):
+        t = time.perf_counter()
+        for _ in range(5):
+            trainer.train_step(x, y, cfg.optim.lr)
+        torch.cuda.synchronize()
+        warmup = time.perf_counter() - t
+        t = time.perf_counter()
+        for _ in range(n):
+            trainer.train_step(x, y, cfg.optim.lr)
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - t) / n
+    return {"compile": compile_mode, "step_ms": round(1e3 * seconds, 2),
+            "tokens_per_second": round(BPTT * BATCH / seconds), "first_5_steps_seconds": round(warmup, 1)}
+
+
 def measure(device: torch.device, steps: int, compiled: bool) -> dict:
     awd = DropoutConfig()
     variants = {
         "awd": awd,
         "nn_lstm": replace(awd, recurrent=RecurrentDropoutConfig("weight_drop", 0.0)),
-        "gal_tied": replace(awd, recurrent=RecurrentDropoutConfig("variational", 0.5, "tied")),
+        "gal_tied": GAL_TIED,
     }
     out: dict = {"tokens_per_step": BPTT * BATCH, "ptb_train_tokens": PTB_TRAIN_TOKENS}
     for name, dropout in variants.items():
@@ -290,25 +324,31 @@ def measure(device: torch.device, steps: int, compiled: bool) -> dict:
             tps = BPTT * BATCH / seconds
             out[f"{name}_{precision.value}"] = {"step_ms": round(1e3 * seconds, 2), "tokens_per_second": round(tps),
                                                 "ptb_epoch_seconds": round(PTB_TRAIN_TOKENS / tps, 1)}
+    out["gal_tied_fp32_trainer"] = trainer_step(device, steps, "off")
     if compiled:  # in a child process, so a slow compile cannot eat the run's time budget
         try:
             proc = subprocess.run([sys.executable, __file__, "--compiled-step-only", "--steps", str(steps)],
                                   capture_output=True, text=True, timeout=COMPILE_LIMIT_S)
             lines = proc.stdout.strip().splitlines()
-            out["gal_tied_fp32_compiled"] = (json.loads(lines[-1]) if proc.returncode == 0 and lines
-                                             else {"error": proc.stderr.strip().splitlines()[-1:]})
+            on = (json.loads(lines[-1]) if proc.returncode == 0 and lines
+                  else {"error": proc.stderr.strip().splitlines()[-1:]})
+            # Inductor's perf hints (on in the child) say when it ran a graph without CUDA graphs.
+            skipped = [line.strip() for line in proc.stderr.splitlines() if "skipping cudagraphs" in line.lower()]
+            if skipped:
+                on["cudagraphs_skipped"] = skipped[:5]
         except subprocess.TimeoutExpired:
-            out["gal_tied_fp32_compiled"] = {"error": f"compile and timing took over {COMPILE_LIMIT_S} s"}
+            on = {"error": f"compile and timing took over {COMPILE_LIMIT_S} s"}
+        out["gal_tied_fp32_trainer_compiled"] = on
+        if "step_ms" in on:
+            out["compile_speedup"] = round(out["gal_tied_fp32_trainer"]["step_ms"] / on["step_ms"], 3)
     return out
 
 
 def compiled_step(device: torch.device, steps: int) -> dict:
-    """The Gal tied AWD model under ``torch.compile``: step time, and the time with compiling."""
+    """:func:`trainer_step` with ``trainer.compile=reduce-overhead`` (the child process)."""
+    torch._logging.set_logs(perf_hints=True)
     t = time.perf_counter()
-    gal = replace(DropoutConfig(), recurrent=RecurrentDropoutConfig("variational", 0.5, "tied"))
-    seconds = step_seconds(gal, Precision.fp32, device, max(10, steps // 4), compiled=True)
-    return {"step_ms": round(1e3 * seconds, 2), "tokens_per_second": round(BPTT * BATCH / seconds),
-            "with_compile_seconds": round(time.perf_counter() - t, 1)}
+    return {**trainer_step(device, steps, "reduce-overhead"), "with_compile_seconds": round(time.perf_counter() - t, 1)}
 
 
 def main() -> int:

@@ -53,6 +53,7 @@ SETTING_COLUMNS = (
     "dropout.embedding_mask",
     "trainer.loss_reduction",
     "eval.mc_columns",
+    "trainer.compile",  # off | default | reduce-overhead (torch.compile of the training forward)
 )
 
 RESULT_COLUMNS = (
