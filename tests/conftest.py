@@ -12,6 +12,9 @@ the repository -- and are deselected (not skipped) when they are not.
 Tests that take the ``device`` fixture run on the CPU and, when CUDA is available, again on
 the GPU; the GPU instances are marked ``gpu`` (``pytest -m gpu`` runs only them) and are
 deselected where there is no GPU.
+
+Tests marked ``compile`` run ``torch.compile``, minutes on a CPU: their CPU instances run only
+when asked for (``pytest -m compile``); their GPU instances run with the other GPU tests.
 """
 
 from __future__ import annotations
@@ -52,9 +55,13 @@ def pytest_report_header(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    compile_asked = "compile" in (config.getoption("markexpr") or "")
+
     def unavailable(item) -> bool:
-        return ((CORPUS_DATA is None and item.get_closest_marker("corpus") is not None)
-                or (not HAS_CUDA and item.get_closest_marker("gpu") is not None))
+        marked = lambda name: item.get_closest_marker(name) is not None  # noqa: E731
+        return ((CORPUS_DATA is None and marked("corpus"))
+                or (not HAS_CUDA and marked("gpu"))
+                or (marked("compile") and not marked("gpu") and not compile_asked))
 
     deselected = [item for item in items if unavailable(item)]
     if deselected:

@@ -2,7 +2,8 @@
 an uncompiled one (rnnlm/training/compile.py).
 
 The end-to-end test compiles with Inductor on the CPU, which takes minutes there (it is
-marked ``slow``); where CUDA exists it runs again on the GPU (the ``device`` fixture).
+marked ``compile``: ``pytest -m compile`` runs it); where CUDA exists its GPU instance runs
+with the other GPU tests (the ``device`` fixture).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ SHORT = ("experiment=smoke", "dropout/recurrent=gal_tied", "dataset.batch_size=4
          "trainer.progress=false", "threads=1")
 
 
-@pytest.mark.slow
+@pytest.mark.compile
 def test_a_compiled_run_trains_as_an_uncompiled_one(tmp_path, device):
     """Same seed, compile off and on: the same losses (the masks are drawn as without compiling)
     and checkpoints with the plain module's keys that load into an uncompiled model."""
