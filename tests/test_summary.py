@@ -474,3 +474,16 @@ def test_runs_that_differ_only_in_their_trackers_are_one_group(tmp_path, capsys)
     assert main([str(tmp_path), "--format", "csv"]) == 0
     printed = read_csv_block(capsys.readouterr().out)
     assert printed["n"].tolist() == [2] and not any(c.startswith("logger") for c in printed.columns)
+
+
+def test_learning_curves_cut_early_spikes_and_name_no_unread_mask():
+    from rnnlm.summary.plots import _late_top, labels
+
+    # an epoch-3 spike (660) the later half never comes near: the axis ends 5 % above 240 + 4
+    curves = pd.DataFrame({"setting": ["a"] * 6 + ["b"] * 6, "epoch": list(range(1, 7)) * 2,
+                           "mean": [500, 270, 660, 260, 235, 240, 480, 260, 640, 250, 230, 238],
+                           "std": [0, 0, 0, 0, 2, 4, 0, 0, 0, 0, 1, 1]})
+    assert _late_top(curves) == pytest.approx(1.05 * 260)  # epochs 4..6 of each: 260 is the highest
+    assert _late_top(curves.assign(mean=curves["mean"] * 0 + 100)) == pytest.approx(105)
+    table = pd.DataFrame({KIND: ["none", "weight_drop"], MASK: ["—", "row"]})
+    assert labels(table, [KIND, MASK]).tolist() == ["kind=none", "kind=weight_drop, mask=row"]

@@ -18,7 +18,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from ..atomic import atomic_write
-from .runs import read_metrics
+from .runs import UNREAD, read_metrics
 from .tables import Metric, text
 
 DATASET_KEY = "dataset.name"
@@ -27,12 +27,13 @@ STAR = {"marker": "*", "markerfacecolor": "none", "linestyle": "none"}  # the be
 
 
 def labels(table: pd.DataFrame, keys: list[str]) -> pd.Series:
-    """``kind=variational, rate=0.2`` per row: each key by its last dotted part where unambiguous."""
+    """``kind=variational, rate=0.2`` per row: each key by its last dotted part where unambiguous;
+    a setting the run does not read (UNREAD, e.g. the mask of ``kind=none``) is left out."""
     last = [k.rsplit(".", 1)[-1] for k in keys]
     names = [s if last.count(s) == 1 else k for k, s in zip(keys, last)]
     rows = zip(*(table[k] for k in keys)) if keys else [()] * len(table)
-    return pd.Series([", ".join(f"{n}={text(v)}" for n, v in zip(names, row)) or "all runs" for row in rows],
-                     index=table.index, dtype=object)
+    return pd.Series([", ".join(f"{n}={text(v)}" for n, v in zip(names, row) if v != UNREAD) or "all runs"
+                      for row in rows], index=table.index, dtype=object)
 
 
 def _colours(lines: pd.Series) -> dict[str, tuple]:
@@ -48,9 +49,9 @@ def _panels(table: pd.DataFrame, variant_keys: list[str], dataset: str) -> list[
     return list(table.groupby(table[DATASET_KEY].astype(str), sort=True))
 
 
-def _finish(ax: Axes, log: bool, top_ratio: float | None = None) -> None:
-    """Grid, or "no values" on an empty panel; cap the y axis at ``top_ratio`` x the lowest
-    value if given; log scale with plain-number ticks if ``log`` and the range spans > 1.5x."""
+def _finish(ax: Axes, log: bool, top: float | None = None) -> None:
+    """Grid, or "no values" on an empty panel; cut the y axis at ``top`` if given and below the
+    highest value; log scale with plain-number ticks if ``log`` and the range spans > 1.5x."""
     ax.grid(True, which="major", alpha=0.3)
     low, high = ax.dataLim.y0, ax.dataLim.y1
     if not (ax.has_data() and np.isfinite([low, high]).all()):
@@ -58,8 +59,8 @@ def _finish(ax: Axes, log: bool, top_ratio: float | None = None) -> None:
         ax.set_xticks([])
         ax.set_yticks([])
         return
-    if top_ratio and low > 0 and high > top_ratio * low:
-        high = top_ratio * low
+    if top is not None and low < top < high:
+        high = top
         ax.set_ylim(low - 0.02 * (high - low), high)
     if log and low > 0 and high / low > 1.5:
         ax.set_yscale("log")
@@ -139,7 +140,8 @@ def plot_curves(
     """Validation ``metric.curve`` vs epoch for each variant's best setting.
 
     Mean line and ±std band over the seeds (``runs``: the summarised runs); a
-    perplexity axis stops at twice the lowest value so the final epochs stay legible.
+    perplexity axis stops just above the highest mean + std of the later half of the epochs
+    (:func:`_late_top`), so early spikes do not squash the epochs where variants part.
     Returns None when no run of a best setting has a usable metrics.csv.
     """
     keys = variant_keys + rate_keys
@@ -158,7 +160,8 @@ def plot_curves(
             curve = stats[stats["setting"] == row.setting]
             if curve.empty:
                 continue
-            n_runs = f"{curve['runs'].iloc[0]} runs"
+            count = curve["runs"].iloc[0]
+            n_runs = f"{count} run{'s' if count != 1 else ''}"
             label = f"{row.line} ({row.rates}; {n_runs})" if rate_keys else f"{row.line} ({n_runs})"
             ax.plot(curve["epoch"], curve["mean"], color=colours[row.line], label=label, linewidth=1.5,
                     marker="o" if len(curve) <= 30 else None, markersize=3)
@@ -166,14 +169,25 @@ def plot_curves(
             ax.fill_between(curve["epoch"], curve["mean"] - band, curve["mean"] + band,
                             color=colours[row.line], alpha=0.2, linewidth=0)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        _finish(ax, log=is_ppl, top_ratio=2 if is_ppl else None)
+        _finish(ax, log=is_ppl, top=_late_top(stats[stats["setting"].isin(panel["setting"])]) if is_ppl else None)
         ax.set(title=name, xlabel="epoch",
                ylabel="validation perplexity" if is_ppl else "validation loss (nats/token)")
         if ax.has_data():
             ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize="small", frameon=False)
-    capped = "; y axis capped at 2× the lowest value" if is_ppl else ""
+    capped = "; y axis cut above the later half of training" if is_ppl else ""
     fig.suptitle(f"learning curves at each variant's best setting\nmean ± std over seeds{capped}")
     return _save(fig, path)
+
+
+def _late_top(curves: pd.DataFrame) -> float | None:
+    """A y limit showing every curve's later half: the highest mean + std over the epochs past
+    the middle of each curve, plus 5 %, and never above twice the lowest mean."""
+    if curves.empty:
+        return None
+    late = curves[curves["epoch"] > curves.groupby("setting")["epoch"].transform("max") / 2]
+    high = (late["mean"] + late["std"].fillna(0)).max()
+    low = curves["mean"].min()
+    return float(min(1.05 * high, 2 * low)) if np.isfinite([high, low]).all() else None
 
 
 VERDICT_COLOURS = {"lower": "tab:green", "higher": "tab:red"}  # else grey: not distinguishable
