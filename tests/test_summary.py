@@ -484,6 +484,6 @@ def test_learning_curves_cut_early_spikes_and_name_no_unread_mask():
                            "mean": [500, 270, 660, 260, 235, 240, 480, 260, 640, 250, 230, 238],
                            "std": [0, 0, 0, 0, 2, 4, 0, 0, 0, 0, 1, 1]})
     assert _late_top(curves) == pytest.approx(1.05 * 260)  # epochs 4..6 of each: 260 is the highest
-    assert _late_top(curves.assign(mean=curves["mean"] * 0 + 100)) == pytest.approx(105)
+    assert _late_top(curves.assign(mean=100.0, std=0.0)) == pytest.approx(105)  # flat: just above
     table = pd.DataFrame({KIND: ["none", "weight_drop"], MASK: ["—", "row"]})
     assert labels(table, [KIND, MASK]).tolist() == ["kind=none", "kind=weight_drop, mask=row"]
