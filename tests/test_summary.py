@@ -346,6 +346,18 @@ def test_eval_metric_reads_eval_csv_at_the_tested_setting(tmp_path, capsys):
     assert "no completed runs with dynamic_val_ppl" in capsys.readouterr().err
 
 
+def test_an_eval_method_scored_on_test_only_is_reported_beside_the_selected_pair(tmp_path, capsys):
+    for i, test in enumerate((40.0, 44.0)):  # e.g. MC dropout on the test split alone
+        run = make_run(tmp_path / str(i), seed=i, rate=0.2, val=60.0 + i, test=59.0)
+        write_eval_rows(run, [("test", "best", 1.0, test)])
+    make_run(tmp_path / "2", seed=2, rate=0.2, val=62.0, test=59.0)  # not scored: still in val/test
+    assert main([str(tmp_path), "--format", "csv"]) == 0
+    (row,) = read_csv_block(capsys.readouterr().out).to_dict("records")
+    assert row["n"] == 3 and row["val_ppl_mean"] == pytest.approx(61.0)
+    assert row["pointer_test_ppl_mean"] == pytest.approx(42.0)  # over the runs that have it
+    assert "pointer_val_ppl_mean" not in row  # no run has it: no empty column
+
+
 # --- differences from a baseline -------------------------------------------------------------
 
 # (kind, mask, rate) -> per-seed (val, test): the baseline "none" (means 102 / 100), one group

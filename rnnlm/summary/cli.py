@@ -35,7 +35,9 @@ mc_val_ppl/mc_test_ppl; naming either column selects its pair.
 From `rnnlm eval` rows (RUN_DIR/eval.csv): pointer_ppl, dynamic_ppl,
 standard_ppl, mc_eval_ppl (<method>_val_ppl/<method>_test_ppl; see
 rnnlm/summary/runs.py for which rows are used).
-n counts completed runs having the validation value.
+n counts completed runs having the validation value. The other pairs that
+any run has (MC, rnnlm eval methods) are reported beside the selected one,
+each value averaged over the runs that have it.
 
 {GROUPING_HELP}
 

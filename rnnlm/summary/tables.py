@@ -65,11 +65,12 @@ METRIC_OF = {n: m for m in METRICS for n in (m.name, m.val, m.test)}
 
 
 def with_metrics(frame: pd.DataFrame, metric: Metric) -> pd.DataFrame:
-    """``frame`` with every metric column as numbers (NaN where missing or not a number); an
-    ``rnnlm eval`` pair is first filled from each run's eval.csv."""
-    if metric.method:
-        pairs = [eval_pair(d, metric.method) for d in frame["run_dir"]]
-        frame = frame.assign(**{metric.val: [v for v, _ in pairs], metric.test: [t for _, t in pairs]})
+    """``frame`` with every metric column as numbers (NaN where missing or not a number); the
+    ``rnnlm eval`` pairs are first filled from each run's eval.csv."""
+    for m in METRICS:
+        if m.method:
+            pairs = [eval_pair(d, m.method) for d in frame["run_dir"]]
+            frame = frame.assign(**{m.val: [v for v, _ in pairs], m.test: [t for _, t in pairs]})
     columns = dict.fromkeys(c for m in METRICS for c in m.columns)
     return frame.assign(**{c: pd.to_numeric(frame[c], errors="coerce") if c in frame else np.nan
                            for c in columns})
@@ -85,8 +86,10 @@ def select_runs(frame: pd.DataFrame, metric: Metric) -> tuple[pd.Series, pd.Data
 
 
 def reported_metrics(frame: pd.DataFrame, metric: Metric) -> list[Metric]:
-    """The selected pair, then the other perplexity pairs that any run reports."""
-    return [metric, *(m for m in (PPL, MC_PPL) if m != metric and frame[m.val].notna().any())]
+    """The selected pair, then the other perplexity pairs of which any run reports either value
+    (e.g. an MC-dropout test perplexity that ``rnnlm eval`` computed on the test split only)."""
+    return [metric, *(m for m in METRICS if m not in (metric, LOSS)
+                      and (frame[m.val].notna().any() or frame[m.test].notna().any()))]
 
 
 def is_bookkeeping(key: str) -> bool:
@@ -116,10 +119,12 @@ def _sort(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 def summarise(frame: pd.DataFrame, used: pd.Series, keys: list[str], metrics: list[Metric]) -> pd.DataFrame:
     """One row per group of ``frame`` (all runs, so a group without usable runs shows n=0);
-    the statistics only use the runs where ``used`` is true."""
+    the statistics only use the runs where ``used`` is true. A reported column that no used
+    run has (e.g. an MC validation perplexity where only the test split was scored) is left
+    out; the selected pair (``metrics[0]``) always stays."""
     data = frame[[col for m in metrics for col in m.columns]].where(used)
-    stats = {f"{col}_{stat}": (col, stat) for m in metrics for col in m.columns
-             for stat in ("mean", "std")}
+    kept = [col for i, m in enumerate(metrics) for col in m.columns if i == 0 or data[col].notna().any()]
+    stats = {f"{col}_{stat}": (col, stat) for col in kept for stat in ("mean", "std")}
     table = data.assign(n=used.astype(int)).groupby(_by(frame, keys), dropna=False, sort=False).agg(
         n=("n", "sum"), **stats)
     return _sort(table.reset_index(drop=not keys), keys)
