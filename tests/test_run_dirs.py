@@ -59,26 +59,26 @@ def reference(tmp_path_factory):
 # ------------------------------------------------------------------ one run, one directory
 @pytest.mark.slow
 def test_runs_launched_together_never_share_a_directory(tmp_path):
-    """Five launches at once: three with default directories (all complete, each in its own),
+    """Four launches at once: two with default directories (both complete, each in its own),
     two given one explicit directory (exactly one proceeds, and its files are what the same
     run writes alone)."""
     quick = (*RUN, "trainer.max_epochs=1")
     shared = tmp_path / "shared"
-    procs = [start_rnnlm("train", *quick, f"seed={seed}", cwd=tmp_path) for seed in (1, 2, 3)]
+    procs = [start_rnnlm("train", *quick, f"seed={seed}", cwd=tmp_path) for seed in (1, 2)]
     procs += [start_rnnlm("train", *quick, f"seed={seed}", f"hydra.run.dir={shared}", cwd=tmp_path) for seed in (1, 2)]
     outcomes = [(proc.communicate(timeout=300)[1], proc.returncode)[::-1] for proc in procs]
 
-    assert [code for code, _ in outcomes[:3]] == [0, 0, 0], [err[-1000:] for _, err in outcomes[:3]]
+    assert [code for code, _ in outcomes[:2]] == [0, 0], [err[-1000:] for _, err in outcomes[:2]]
     runs = sorted((tmp_path / "outputs" / "runs").iterdir())
-    assert len(runs) == 3
+    assert len(runs) == 2
     for run_dir in runs:
         saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
         (row,) = read_rows(run_dir / "result.csv")
         assert row["status"] == "completed" and row["seed"] == str(saved.seed)
-    assert sorted(read_rows(r / "result.csv")[0]["seed"] for r in runs) == ["1", "2", "3"]
+    assert sorted(read_rows(r / "result.csv")[0]["seed"] for r in runs) == ["1", "2"]
 
-    assert sorted(code for code, _ in outcomes[3:]) == [0, 2], [err[-1000:] for _, err in outcomes[3:]]
-    (loser,) = [err for code, err in outcomes[3:] if code == 2]
+    assert sorted(code for code, _ in outcomes[2:]) == [0, 2], [err[-1000:] for _, err in outcomes[2:]]
+    (loser,) = [err for code, err in outcomes[2:] if code == 2]
     assert loser.count("\n") == 1 and loser.startswith("rnnlm: error: ") and str(shared) in loser
     winner = read_rows(shared / "result.csv")[0]["seed"]
     (solo,) = [r for r in runs if read_rows(r / "result.csv")[0]["seed"] == winner]

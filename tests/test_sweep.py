@@ -6,7 +6,7 @@ import statistics
 from pathlib import Path
 
 import pytest
-from helpers import config_options, read_rows, run_rnnlm, sigterm_on_call
+from helpers import config_options, read_rows, sigterm_on_call
 from omegaconf import OmegaConf
 
 from rnnlm.cli import main as rnnlm_main
@@ -76,12 +76,10 @@ def test_a_failing_job_does_not_stop_the_sweep_and_is_reported(tmp_path, capsys)
 
 
 @pytest.mark.slow
-def test_joblib_launcher_runs_two_jobs_in_parallel(tmp_path):
-    proc = run_rnnlm(
-        "train", "-m", *QUICK, "seed=1,2", "threads=1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-        "hydra.sweep.dir=sweep", cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_joblib_launcher_runs_two_jobs_in_parallel(tmp_path, capsys):
+    code = rnnlm_main(["train", "-m", *QUICK, "seed=1,2", "threads=1", "hydra/launcher=joblib",
+                       "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    assert code == 0, capsys.readouterr().err[-3000:]
     results = job_results(tmp_path / "sweep")
     assert sorted(r["seed"] for r in results) == ["1", "2"]
     assert {r["status"] for r in results} == {"completed"}
