@@ -355,6 +355,7 @@ def test_an_eval_method_scored_on_test_only_is_reported_beside_the_selected_pair
     (row,) = read_csv_block(capsys.readouterr().out).to_dict("records")
     assert row["n"] == 3 and row["val_ppl_mean"] == pytest.approx(61.0)
     assert row["pointer_test_ppl_mean"] == pytest.approx(42.0)  # over the runs that have it
+    assert row["pointer_test_ppl_n"] == 2  # ... and says how many they are
     assert "pointer_val_ppl_mean" not in row  # no run has it: no empty column
 
 

@@ -121,12 +121,18 @@ def summarise(frame: pd.DataFrame, used: pd.Series, keys: list[str], metrics: li
     """One row per group of ``frame`` (all runs, so a group without usable runs shows n=0);
     the statistics only use the runs where ``used`` is true. A reported column that no used
     run has (e.g. an MC validation perplexity where only the test split was scored) is left
-    out; the selected pair (``metrics[0]``) always stays."""
+    out; the selected pair (``metrics[0]``) always stays. A reported column's mean is over the
+    runs that have it, and ``<column>_n`` counts them where that is not all of a group's runs."""
     data = frame[[col for m in metrics for col in m.columns]].where(used)
     kept = [col for i, m in enumerate(metrics) for col in m.columns if i == 0 or data[col].notna().any()]
-    stats = {f"{col}_{stat}": (col, stat) for col in kept for stat in ("mean", "std")}
+    stats = {f"{col}_{stat}": (col, stat) for col in kept for stat in ("mean", "std", "count")}
     table = data.assign(n=used.astype(int)).groupby(_by(frame, keys), dropna=False, sort=False).agg(
         n=("n", "sum"), **stats)
+    # A reported pair's own count (<col>_n) is shown where it is not every used run of a group.
+    for col in kept:
+        counts = table.pop(f"{col}_count")
+        if col not in metrics[0].columns and (counts != table["n"]).any():
+            table.insert(table.columns.get_loc(f"{col}_std") + 1, f"{col}_n", counts.astype(int))
     return _sort(table.reset_index(drop=not keys), keys)
 
 
