@@ -21,7 +21,7 @@ from .runs import eval_pair, is_missing
 # what we average over; the rest only say where/how a run was executed.
 # A key also covers the keys below it (``logger``: which trackers watched a run).
 BOOKKEEPING_KEYS = ("seed", "resume", "device", "threads", "dataset.path", "dataset.cache_dir",
-                    "trainer.progress", "trainer.max_minutes", "logger")
+                    "trainer.progress", "trainer.max_minutes", "trainer.compile", "logger")
 FORMATS = ("markdown", "csv", "latex")
 DASH = {"markdown": "—", "latex": "---", "csv": ""}
 
