@@ -61,7 +61,8 @@ def load_saved_config(run_dir: Path, changes: list[str]) -> RunConfig:
     return OmegaConf.to_object(merged)  # type: ignore[return-value]
 
 
-def _override_key(override: str) -> str:
+def override_key(override: str) -> str:
+    """The key a Hydra override sets: ``+a.b=1``, ``~a.b`` and ``a.b=1`` all name ``a.b``."""
     return override.split("=", 1)[0].lstrip("+~")
 
 
@@ -74,15 +75,15 @@ def named_resume_argv(run_dir: Path, changes: list[str]) -> list[str]:
         raise ConfigError(f"resume={run_dir} is not a run directory (no {HYDRA_DIR}/config.yaml); "
                           f"give the directory of the run to continue")
     for change in changes:
-        if "=" not in change or _override_key(change) not in BUDGET_KEYS:
+        if "=" not in change or override_key(change) not in BUDGET_KEYS:
             raise ConfigError(f"{change!r} cannot change on resume: the run keeps its saved config; "
                               f"only {', '.join(BUDGET_KEYS)} may be given")
     try:
         replayed = [str(o) for o in OmegaConf.load(run_dir / HYDRA_DIR / "overrides.yaml")]
     except (OSError, OmegaConfBaseException) as exc:
         raise ConfigError(f"resume={run_dir}: cannot read {HYDRA_DIR}/overrides.yaml: {describe(exc)}") from None
-    given = {_override_key(c) for c in changes}
-    kept = [o for o in replayed if _override_key(o) not in given]
+    given = {override_key(c) for c in changes}
+    kept = [o for o in replayed if override_key(o) not in given]
     quoted = "'" + str(run_dir).replace("\\", "\\\\").replace("'", "\\'") + "'"
     return [*kept, *changes, f"hydra.run.dir={quoted}", f"++hydra.job.env_set.{RESUME_ENV}={NAMED}"]
 
@@ -92,7 +93,7 @@ def keep_saved_budget(cfg: RunConfig, run_dir: Path, overrides: list[str]) -> No
     value, so a run continues to its own budget even if the presets' defaults have changed."""
     if not (run_dir / HYDRA_DIR / "config.yaml").is_file():
         return
-    given = {_override_key(o) for o in overrides}
+    given = {override_key(o) for o in overrides}
     saved = load_saved_config(run_dir, [])
     for key in BUDGET_KEYS:
         if key not in given:

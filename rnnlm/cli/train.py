@@ -55,7 +55,7 @@ from ..tracking import missing_extra
 from ..training import CheckpointError
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, describe, fail
 from .resume import (AUTO, HYDRA_DIR, NAMED, RESUME_ENV, RunFinished, claim_run_dir, keep_saved_budget,
-                     named_resume_argv)
+                     named_resume_argv, override_key)
 
 log = logging.getLogger("rnnlm")
 
@@ -250,10 +250,6 @@ def hydra_train(dcfg: DictConfig) -> float:
         raise SystemExit(fail("training diverged (NaN/inf loss); lower optim.lr or raise optim.clip", 1))
     best = result.get("best_val_ppl")
     return float(best) if best is not None and result["status"] == "completed" else math.inf
-
-
-def override_key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
 
 
 def run_name(overrides: list[str], single_run: bool) -> str | None:
