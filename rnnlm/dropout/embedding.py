@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import StochasticModule, bernoulli_mask
+from .base import StochasticModule
 
 
 class EmbeddingDropout(StochasticModule):
@@ -43,10 +43,10 @@ class EmbeddingDropout(StochasticModule):
         weight = self.embedding.weight
         if self.per_sequence:
             shape = (tokens.size(1), weight.size(0))
-            keep = self.held_mask("keep", lambda: bernoulli_mask(shape, self.p, weight))  # (B, V)
+            keep = self.held_mask("keep", lambda: self.dropout_mask(shape, self.p, weight))  # (B, V)
             column = torch.arange(tokens.size(1), device=tokens.device)
             return emb * keep[column, tokens].unsqueeze(-1)  # (T, B, 1): keep[b, tokens[t, b]]
-        keep = self.held_mask("keep", lambda: bernoulli_mask((weight.size(0),), self.p, weight))  # (V,)
+        keep = self.held_mask("keep", lambda: self.dropout_mask((weight.size(0),), self.p, weight))  # (V,)
         return emb * keep[tokens].unsqueeze(-1)  # (T, B, 1) gathered from the (V,) mask
 
     def extra_repr(self) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import StochasticModule, bernoulli_mask
+from .base import StochasticModule
 
 
 class SequenceDropout(StochasticModule):
@@ -31,8 +31,10 @@ class SequenceDropout(StochasticModule):
         if not self.stochastic or self.p == 0:
             return x
         if not self.locked:
-            return F.dropout(x, self.p, training=True)
-        mask = self.held_mask("mask", lambda: bernoulli_mask((1, x.size(1), x.size(2)), self.p, x))  # (1, B, H)
+            if self.generator is None:
+                return F.dropout(x, self.p, training=True)
+            return x * self.dropout_mask(x.shape, self.p, x)  # (T, B, H)
+        mask = self.held_mask("mask", lambda: self.dropout_mask((1, x.size(1), x.size(2)), self.p, x))  # (1, B, H)
         return x * mask
 
     def extra_repr(self) -> str:

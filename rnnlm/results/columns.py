@@ -18,6 +18,8 @@ METRICS_COLUMNS = (
     "epoch_seconds",  # wall time of the epoch's training and validation
     "tokens_per_second",  # training tokens per second of training time
     "train_tokens",  # training tokens seen this epoch
+    "validated",  # false: an epoch before trainer.validate_from, val_* left empty
+    "weights",  # the weights validated: current | asgd | uniform | ema (trainer.average)
 )
 
 # Config keys copied into result.csv under their own names.
@@ -54,12 +56,17 @@ SETTING_COLUMNS = (
     "trainer.loss_reduction",
     "eval.mc_columns",
     "trainer.compile",  # off | default | reduce-overhead (torch.compile of the training forward)
+    "trainer.average",  # none | uniform | ema: the weights validated and tested
+    "trainer.average_from",
+    "trainer.ema_decay",
+    "trainer.validate_from",
+    "trainer.patience",
 )
 
 RESULT_COLUMNS = (
     "seed",
     "status",  # running | completed | diverged | interrupted | failed
-    "stop_reason",  # max_epochs | max_minutes | finetune_converged | diverged | pruned | interrupted_{train,finetune,test}
+    "stop_reason",  # max_epochs | max_minutes | finetune_converged | patience | diverged | pruned | interrupted_{train,finetune,test}
     "vocab_size",
     "train_tokens",
     "valid_tokens",
@@ -81,6 +88,10 @@ RESULT_COLUMNS = (
     "torch_version",
     "rnnlm_version",
     "git_revision",
+    "init_seed",  # the seed of each random stream (rnnlm/training/streams.py): seeds.* or derived from seed
+    "data_seed",
+    "dropout_seed",
+    "recurrent_seed",
     "overrides",  # the command-line overrides of the run, space-separated
     "run_dir",
 ) + SETTING_COLUMNS

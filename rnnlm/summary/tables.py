@@ -17,10 +17,10 @@ from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
 from .runs import eval_pair, is_missing
 
-# Config keys that never define an experiment, so never auto-group: the seed is
-# what we average over; the rest only say where/how a run was executed.
-# A key also covers the keys below it (``logger``: which trackers watched a run).
-BOOKKEEPING_KEYS = ("seed", "resume", "device", "threads", "dataset.path", "dataset.cache_dir",
+# Config keys that never define an experiment, so never auto-group: the seed and the
+# random streams' seeds are what we average over; the rest only say where/how a run was
+# executed. A key also covers the keys below it (``logger``: which trackers watched a run).
+BOOKKEEPING_KEYS = ("seed", "seeds", "resume", "device", "threads", "dataset.path", "dataset.cache_dir",
                     "trainer.progress", "trainer.max_minutes", "trainer.compile", "logger")
 FORMATS = ("markdown", "csv", "latex")
 DASH = {"markdown": "—", "latex": "---", "csv": ""}

@@ -2,16 +2,19 @@
 ``finetune.py``), resumable at any batch boundary.
 
 One epoch walks the training stream ``(L, B)`` in variable-length BPTT segments,
-carrying the hidden state across them. After each epoch the model is validated
-(ASGD: with the averaged weights); the best model by validation loss is kept in
-``checkpoints/best.pt``; NT-ASGD decides the switch from SGD to ASGD. The
-optional finetune stage restarts ASGD from the best weights until the
-non-monotone condition fires.
+carrying the hidden state across them. After each epoch from ``trainer.validate_from`` on,
+the evaluated weights are validated: the current ones, NT-ASGD's average once it switched,
+or the uniform or exponential average of ``trainer.average`` (:mod:`.averaging`); the best
+by validation loss are kept in ``checkpoints/best.pt``. NT-ASGD decides the switch from SGD
+to ASGD; ``trainer.patience`` stops training after that many validations without a new
+best. The optional finetune stage restarts ASGD from the best weights until the
+non-monotone condition fires. Segment lengths and dropout masks come from the run's random
+streams (:mod:`.streams`).
 
-Everything the loop needs to continue (model, optimiser incl. ASGD averages,
-NT-ASGD history, RNG states, epoch, position in the epoch, hidden state, the
-metrics rows so far) is in :meth:`Trainer.state_dict`, so an interrupted run
-resumes to the same numbers as an uninterrupted one.
+Everything the loop needs to continue (model, optimiser incl. ASGD averages, the weight
+average, NT-ASGD history, the random streams, epoch, position in the epoch, hidden state,
+the metrics rows so far) is in :meth:`Trainer.state_dict`, so an interrupted run resumes
+to the same numbers as an uninterrupted one.
 
 The step loop never waits for the device: the loss stays a device tensor, summed on the
 device, and is read (one host sync) at each tenth of the epoch and at its end, where a
@@ -29,16 +32,18 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from ..config import LossReduction, Optimizer, RunConfig
+from ..config import Average, LossReduction, Optimizer, RunConfig
 from ..data import get_batch
 from ..model import AWDLSTM, repackage_hidden
 from ..precision import autocast, grad_scaler, to_fp32
+from .averaging import WeightAverage
 from .compile import compiled_forward
 from .evaluate import main_lua_loss, mean_loss, perplexity, segment_losses
 from .progress import EpochProgress
 from .optim import averaged_weights, is_asgd, make_asgd, make_sgd, set_lr, shrink_weights
 from .regularization import activation_regularization, temporal_activation_regularization
 from .schedule import decays_after, nonmonotone_trigger, sample_seq_len, scaled_lr
+from .streams import RandomStreams, stream_seeds
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +69,7 @@ class TrainState:
     val_history: list[float] = field(default_factory=list)  # NT-ASGD's ``best_val_loss``
     best_val_loss: float = math.inf
     best_epoch: int = 0
+    stale_validations: int = 0  # validations since the best one (trainer.patience)
     asgd_epoch: int = 0  # first ASGD epoch; 0 = never switched
     finished: bool = False
     stop_reason: str = ""
@@ -106,10 +112,13 @@ class Trainer:
         self.on_progress = on_progress
         self.state = TrainState(lr=cfg.optim.lr)
         self.optimizer = make_sgd(model, cfg.optim.lr, cfg.optim.weight_decay)
-        self.generator = torch.Generator().manual_seed(cfg.seed)  # variable-BPTT lengths
+        self.device = train_data.device
+        self.streams = RandomStreams(stream_seeds(cfg), self.device)
+        self.streams.attach(model)
+        self.average = (WeightAverage(model, cfg.trainer.average, cfg.trainer.ema_decay)
+                        if cfg.trainer.average is not Average.none else None)
         self.hidden = None  # carried across segments within an epoch
         self.interrupted = False
-        self.device = train_data.device
         self.autocast = lambda: autocast(cfg.precision, self.device)
         self.scaler = grad_scaler(cfg.precision, self.device)  # fp16 only
         # Device-side sums since the last check (_check_loss): raw loss x tokens, and the
@@ -141,7 +150,7 @@ class Trainer:
 
     def _stage_over(self) -> bool:
         tc, st = self.cfg.trainer, self.state
-        if st.stop_reason == "finetune_converged":
+        if st.stop_reason in ("finetune_converged", "patience"):
             return True
         limit = tc.max_epochs if st.stage == "train" else tc.finetune_epochs
         return st.stage_epoch > limit
@@ -153,6 +162,7 @@ class Trainer:
         self.optimizer = make_asgd(self.model, self.cfg.optim.lr, self.cfg.optim.weight_decay)
         st = self.state
         st.stage, st.stage_epoch, st.val_history, st.lr = "finetune", 1, [], self.cfg.optim.lr
+        st.stop_reason, st.stale_validations = "", 0
 
     def _finish(self, reason: str) -> None:
         self.state.finished = True
@@ -179,6 +189,8 @@ class Trainer:
         cap = tc.bptt + 10 if st.stage == "finetune" else None
         if self.hidden is None:
             self.hidden = model.init_hidden(batch_size)
+        if self.average is not None and not self.average.started and st.epoch >= tc.average_from:
+            self.average.start()
         model.train()
         progress = EpochProgress(
             f"epoch {st.epoch}", total_tokens=(data.size(0) - 1) * batch_size,
@@ -189,7 +201,7 @@ class Trainer:
         while st.position < data.size(0) - 2:
             if tc.max_batches is not None and st.batches >= tc.max_batches:
                 break
-            seq_len = sample_seq_len(tc.bptt, self.generator, tc.variable_bptt, cap=cap)
+            seq_len = sample_seq_len(tc.bptt, self.streams.data, tc.variable_bptt, cap=cap)
             inputs, targets = get_batch(data, st.position, seq_len)  # (T, B) each
             loss = self.train_step(inputs, targets, scaled_lr(st.lr, seq_len, tc.bptt))
             st.position += seq_len
@@ -272,21 +284,46 @@ class Trainer:
             self.scaler.update()
         if cfg.optim.weight_shrink:
             shrink_weights(self.model, cfg.optim.weight_shrink)
+        if self.average is not None:
+            self.average.update()
         self.hidden = out.hidden
         return raw_loss.detach()
 
+    def evaluated_weights(self):
+        """A context in which the model holds the weights this run validates and tests: NT-ASGD's
+        average once it switched, else the ``trainer.average`` once started, else the current."""
+        if self.average is not None:
+            return self.average.swapped_in()
+        return averaged_weights(self.model, self.optimizer)
+
+    def weights_name(self) -> str:
+        """What :meth:`evaluated_weights` holds now: current, asgd, uniform or ema."""
+        if is_asgd(self.optimizer):
+            return "asgd"
+        if self.average is not None and self.average.started and self.average.steps:
+            return self.cfg.trainer.average.value
+        return "current"
+
     def end_epoch(self) -> None:
-        """Validate, keep the best weights, apply NT-ASGD / lr decay, log the epoch row."""
+        """Validate (from ``trainer.validate_from`` on, and always in finetuning), keep the best
+        weights, apply NT-ASGD / lr decay / patience, log the epoch row."""
         cfg, st = self.cfg, self.state
         t0 = time.monotonic()
-        with averaged_weights(self.model, self.optimizer), self.autocast():
-            segments = segment_losses(self.forward, self.valid_data, cfg.trainer.bptt)
-            val_loss = mean_loss(segments)
-            if not math.isfinite(perplexity(val_loss)):
-                raise Diverged(f"validation loss became {val_loss:.4g} at epoch {st.epoch}")
-            if val_loss < st.best_val_loss:
-                st.best_val_loss, st.best_epoch = val_loss, st.epoch
-                self.save_best(self.model.state_dict())  # saved now, inside averaged_weights
+        validate = st.stage == "finetune" or st.epoch >= cfg.trainer.validate_from
+        val_loss = main_lua = None
+        if validate:
+            with self.evaluated_weights(), self.autocast():
+                segments = segment_losses(self.forward, self.valid_data, cfg.trainer.bptt)
+                val_loss = mean_loss(segments)
+                if not math.isfinite(perplexity(val_loss)):
+                    raise Diverged(f"validation loss became {val_loss:.4g} at epoch {st.epoch}")
+                if val_loss < st.best_val_loss:
+                    st.best_val_loss, st.best_epoch, st.stale_validations = val_loss, st.epoch, 0
+                    self.save_best(self.model.state_dict())  # saved now, inside evaluated_weights
+                else:
+                    st.stale_validations += 1
+            if cfg.eval.main_lua_val:
+                main_lua = perplexity(main_lua_loss(segments, self.valid_data.shape, cfg.trainer.bptt))
         optimizer_name = "asgd" if is_asgd(self.optimizer) else "sgd"
         train_loss = st.loss_sum / max(st.tokens, 1)
         row = {
@@ -297,20 +334,25 @@ class Trainer:
             "train_loss": train_loss,
             "train_ppl": perplexity(train_loss),
             "val_loss": val_loss,
-            "val_ppl": perplexity(val_loss),
-            "val_ppl_main_lua": perplexity(main_lua_loss(segments, self.valid_data.shape, cfg.trainer.bptt))
-            if cfg.eval.main_lua_val else None,
+            "val_ppl": perplexity(val_loss) if validate else None,
+            "val_ppl_main_lua": main_lua,
             "epoch_seconds": st.train_seconds + (time.monotonic() - t0),
             "tokens_per_second": st.tokens / max(st.train_seconds, 1e-9),
             "train_tokens": st.tokens,
+            "validated": validate,
+            "weights": self.weights_name() if validate else None,
         }
         st.metrics.append(row)
         log.info(
-            "epoch %d (%s, %s) | lr %.4g | train ppl %.2f | valid ppl %.2f | %.1f s | %.0f tok/s",
-            st.epoch, st.stage, optimizer_name, st.lr, row["train_ppl"], row["val_ppl"],
+            "epoch %d (%s, %s) | lr %.4g | train ppl %.2f | valid ppl %s | %.1f s | %.0f tok/s",
+            st.epoch, st.stage, optimizer_name, st.lr, row["train_ppl"],
+            f"{row['val_ppl']:.2f} ({row['weights']})" if validate else f"- (from epoch {cfg.trainer.validate_from})",
             row["epoch_seconds"], row["tokens_per_second"],
         )
-        self._update_schedule(val_loss)
+        if validate:
+            self._update_schedule(val_loss)
+        elif cfg.optim.name is Optimizer.sgd and decays_after(st.stage_epoch, cfg.optim.lr_decay_start):
+            st.lr /= cfg.optim.lr_decay
         st.epoch += 1
         st.stage_epoch += 1
         st.position = st.batches = st.tokens = 0
@@ -318,8 +360,13 @@ class Trainer:
         self.hidden = None
 
     def _update_schedule(self, val_loss: float) -> None:
-        """NT-ASGD switch (or finetune stop), or Zaremba's step decay for plain SGD."""
+        """NT-ASGD switch (or finetune stop), or Zaremba's step decay for plain SGD; the
+        patience stop."""
         cfg, st = self.cfg, self.state
+        patience = cfg.trainer.patience
+        if st.stage == "train" and patience is not None and st.stale_validations >= patience:
+            log.info("no better validation in %d epochs: stopping (trainer.patience)", patience)
+            st.stop_reason = "patience"
         if st.stage == "finetune":
             if nonmonotone_trigger(st.val_history, val_loss, cfg.optim.nonmono):
                 st.stop_reason = "finetune_converged"
@@ -343,7 +390,9 @@ class Trainer:
             "optimizer_kind": "asgd" if is_asgd(self.optimizer) else "sgd",
             "optimizer": self.optimizer.state_dict(),
             "trainer": asdict(self.state),
-            "generator": self.generator.get_state(),
+            "generator": self.streams.data.get_state(),  # the data stream (variable-BPTT lengths)
+            "streams": self.streams.state_dict(),
+            "average": self.average.state_dict() if self.average is not None else None,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -357,7 +406,13 @@ class Trainer:
         self.optimizer = make(self.model, self.cfg.optim.lr, wd)
         self.optimizer.load_state_dict(payload["optimizer"])
         self.state = TrainState(**payload["trainer"])
-        self.generator.set_state(payload["generator"])
+        self.streams.data.set_state(payload["generator"])
+        if "streams" in payload:
+            self.streams.load_state_dict(payload["streams"])
+        else:  # a run begun before masks had streams resumes with the global generator's masks
+            RandomStreams.detach(self.model)
+        if self.average is not None and payload.get("average") is not None:
+            self.average.load_state_dict(payload["average"])
         torch.set_rng_state(payload["torch_rng"])
         cuda_rng = self._own_cuda_rng(payload.get("cuda_rng"))
         if cuda_rng is not None:

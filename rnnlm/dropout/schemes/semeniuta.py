@@ -7,7 +7,6 @@ per time step. In eval the masks are off.
 
 from __future__ import annotations
 
-from ..base import bernoulli_mask
 from ..step_lstm import Masks, StepLSTM, StepScheme
 
 
@@ -19,8 +18,8 @@ class Semeniuta(StepScheme):
     def sample(self, layer: StepLSTM, T: int, B: int) -> Masks:
         w, H, p = layer.weight_hh_l0, layer.hidden_size, self.rate
         if self.mask == "sequence":
-            return {"g": layer.held_mask("g", lambda: bernoulli_mask((B, H), p, w))}
-        return {"g": bernoulli_mask((T, B, H), p, w)}
+            return {"g": layer.held_mask("g", lambda: layer.dropout_mask((B, H), p, w))}
+        return {"g": layer.dropout_mask((T, B, H), p, w)}
 
     def cell_update(self, g, masks, t):
         m = masks.get("g")

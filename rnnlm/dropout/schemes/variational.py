@@ -17,7 +17,6 @@ per-gate ``noise_i``. In eval the masks are off (their expectation is 1).
 
 from __future__ import annotations
 
-from ..base import bernoulli_mask
 from ..step_lstm import Masks, StepLSTM, StepScheme
 
 
@@ -32,9 +31,9 @@ class Variational(StepScheme):
         masks = {}
         if self.rate > 0:
             shape = (B, H) if self.mask == "tied" else (4, B, H)
-            masks["h"] = layer.held_mask("h", lambda: bernoulli_mask(shape, self.rate, w))
+            masks["h"] = layer.held_mask("h", lambda: layer.dropout_mask(shape, self.rate, w))
         if self.input_rate > 0:
-            masks["x"] = layer.held_mask("x", lambda: bernoulli_mask((4, B, I), self.input_rate, w))
+            masks["x"] = layer.held_mask("x", lambda: layer.dropout_mask((4, B, I), self.input_rate, w))
         return masks
 
     def gate_inputs(self, x, masks, t):

@@ -31,7 +31,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ...precision import lstm_kernel
-from ..base import StochasticModule, bernoulli_mask
+from ..base import StochasticModule
 from ..scheme import RecurrentScheme
 
 # Each mask as a shape that broadcasts against W_hh viewed as (4, H, H): gate, row, column.
@@ -66,7 +66,7 @@ class WeightDropLSTM(StochasticModule):
     def sample_mask(self) -> torch.Tensor:
         """A mask that broadcasts against W_hh viewed as (4, H, H); values in {0, 1/(1-p)}."""
         shape = MASK_SHAPES[self.mask](self.lstm.hidden_size)
-        return bernoulli_mask(shape, self.p, self.lstm.weight_hh_l0)
+        return self.dropout_mask(shape, self.p, self.lstm.weight_hh_l0)
 
     def dropped_weight(self, mask: torch.Tensor) -> torch.Tensor:
         """W_hh * mask as a (4H, H) tensor, differentiable w.r.t. the raw weight."""

@@ -24,7 +24,7 @@ class Zoneout(StepScheme):
 
     def sample(self, layer: StepLSTM, T: int, B: int) -> Masks:
         w, H = layer.weight_hh_l0, layer.hidden_size
-        return {key: w.new_empty(T, B, H).bernoulli_(z) for key, z in self._rates().items()}
+        return {key: layer.keep_mask((T, B, H), z, w) for key, z in self._rates().items()}
 
     def expected(self, layer: StepLSTM, T: int, B: int) -> Optional[Masks]:
         """The constant z as (T, B, H) views: the expectation of each unit."""
