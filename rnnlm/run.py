@@ -29,7 +29,7 @@ from .data import Corpus, batchify, load_dataset
 from .model import AWDLSTM, count_parameters
 from .precision import autocast, numerics
 from .results import METRICS_COLUMNS, RESULT_COLUMNS, SETTING_COLUMNS, write_csv
-from .runtime import cpu_threads, provenance, resolve_device
+from .runtime import cpu_threads, portable_path, provenance, resolve_device
 from .training import Diverged, Trainer, evaluate, evaluate_mc, load_checkpoint, perplexity, save_checkpoint
 from .training.streams import seed_init, stream_seeds
 from .training.signals import Interrupted, StopSignals, stop_on_signals
@@ -57,7 +57,7 @@ class RunFiles:
             seed=cfg.seed, status="running",
             eval_batch_size=cfg.dataset.eval_batch_size, test_batch_size=cfg.dataset.test_batch_size,
             device=str(device), torch_version=torch.__version__, **provenance(),
-            overrides=" ".join(overrides), run_dir=str(self.dir),
+            overrides=" ".join(overrides), run_dir=portable_path(self.dir),
         )
 
     def path(self, name: Path | str) -> Path:

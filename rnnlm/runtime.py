@@ -6,6 +6,8 @@ the CLI all take these from here, so a device string is parsed in one place.
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import re
 import subprocess
 from pathlib import Path
@@ -89,6 +91,36 @@ def git_revision(package_dir: Path = Path(__file__).resolve().parent) -> str:
         return ""
 
 
+@functools.cache
+def source_hash() -> str:
+    """The first 12 hex digits of a SHA-256 over rnnlm's source as it is installed: every
+    ``.py`` file of the package and every ``.yaml`` of its configs, each with its path relative
+    to its root, in sorted order. It names the code that made a run whether rnnlm runs from a
+    checkout or from a wheel, where no commit is known."""
+    import importlib
+
+    digest = hashlib.sha256()
+    roots = [(Path(__file__).resolve().parent, "*.py"),
+             (Path(importlib.import_module("rnnlm.configs").__file__).resolve().parent, "*.yaml")]
+    for root, pattern in roots:
+        for path in sorted(p for p in root.rglob(pattern) if "__pycache__" not in p.parts):
+            digest.update(f"{root.name}/{path.relative_to(root).as_posix()}\0".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def provenance() -> dict[str, str]:
-    """What ran: ``rnnlm_version`` always, ``git_revision`` from a checkout of rnnlm (else empty)."""
-    return {"rnnlm_version": __version__, "git_revision": git_revision()}
+    """What ran: ``rnnlm_version`` and ``source_hash`` always, ``git_revision`` from a checkout
+    of rnnlm (else empty)."""
+    return {"rnnlm_version": __version__, "git_revision": git_revision(), "source_hash": source_hash()}
+
+
+def portable_path(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it (a run's directory as
+    Hydra's relative ``outputs/...`` names it), else as it is: no machine's layout above the
+    working directory ends up in a result file."""
+    path = Path(path)
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(path)

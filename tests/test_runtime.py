@@ -49,3 +49,23 @@ def test_git_revision_only_from_its_own_checkout_and_marked_dirty(tmp_path):
 
 def test_provenance_always_has_the_version():
     assert runtime.provenance()["rnnlm_version"] == __version__
+
+
+def test_source_hash_names_the_installed_source_and_configs():
+    import hashlib
+    import importlib
+    from pathlib import Path
+
+    digest = hashlib.sha256()
+    for root, pattern in ((Path(runtime.__file__).parent, "*.py"),
+                          (Path(importlib.import_module("rnnlm.configs").__file__).parent, "*.yaml")):
+        for path in sorted(p for p in root.rglob(pattern) if "__pycache__" not in p.parts):
+            digest.update(f"{root.name}/{path.relative_to(root).as_posix()}\0".encode() + path.read_bytes())
+    assert runtime.source_hash() == digest.hexdigest()[:12]
+    assert runtime.provenance()["source_hash"] == runtime.source_hash()
+
+
+def test_run_dirs_below_the_working_directory_are_recorded_relative(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert runtime.portable_path(tmp_path / "outputs" / "runs" / "x") == "outputs/runs/x"
+    assert runtime.portable_path(tmp_path.parent / "elsewhere") == str(tmp_path.parent / "elsewhere")

@@ -87,11 +87,12 @@ RESULT_COLUMNS = (
     "device",
     "torch_version",
     "rnnlm_version",
-    "git_revision",
+    "git_revision",  # git describe of the rnnlm checkout that ran (-dirty: uncommitted changes); empty from a wheel
+    "source_hash",  # SHA-256 (12 hex digits) of the installed rnnlm source and configs (rnnlm.runtime.source_hash)
     "init_seed",  # the seed of each random stream (rnnlm/training/streams.py): seeds.* or derived from seed
     "data_seed",
     "dropout_seed",
     "recurrent_seed",
     "overrides",  # the command-line overrides of the run, space-separated
-    "run_dir",
+    "run_dir",  # relative to the working directory when below it
 ) + SETTING_COLUMNS
