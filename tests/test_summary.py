@@ -9,6 +9,7 @@ import shutil
 import statistics
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
@@ -361,7 +362,7 @@ def test_an_eval_method_scored_on_test_only_is_reported_beside_the_selected_pair
 
 # --- differences from a baseline -------------------------------------------------------------
 
-# (kind, mask, rate) -> per-seed (val, test): the baseline "none" (means 102 / 100), one group
+# (kind, mask, rate) -> per-seed (val, test), seeds 1, 2, 3: the baseline "none", one group
 # clearly lower, one within the noise, one with two seeds, one with a single seed.
 VERSUS = {
     ("none", "element", 0.0): [(100.0, 98.0), (102.0, 100.0), (104.0, 102.0)],
@@ -372,14 +373,23 @@ VERSUS = {
 }
 
 
-def welch_by_hand(a: list[float], b: list[float]) -> tuple[float, float, float]:
-    """mean(a) - mean(b) and its 95% interval from Welch's formulas (Welch 1947)."""
-    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
-    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    from scipy.stats import t
-
-    diff, half = statistics.mean(a) - statistics.mean(b), t.ppf(0.975, df) * math.sqrt(va + vb)
-    return diff, diff - half, diff + half
+def blocked_by_hand(values: dict, i: int) -> tuple[dict, dict, float, float, np.ndarray]:
+    """Least squares of log value on group and seed, by numpy, for value ``i`` of VERSUS-like
+    {setting: [(val, test) per seed 1, 2, ...]}, the first setting the baseline:
+    ({setting: log ratio}, {setting: se}, residual df, baseline geometric mean, correlation)."""
+    settings = list(values)
+    cells = [(g, seed, v[i]) for g, runs in enumerate(values.values()) for seed, v in enumerate(runs)]
+    seeds = sorted({seed for _, seed, _ in cells})
+    x = np.array([[1.0] + [float(g == k) for k in range(1, len(settings))] + [float(s == t) for t in seeds[1:]]
+                  for g, s, _ in cells])
+    y = np.log([v for _, _, v in cells])
+    beta, rss, rank, _ = np.linalg.lstsq(x, y, rcond=None)
+    df = len(y) - rank
+    cov = (float(rss[0]) / df * np.linalg.inv(x.T @ x))[1:len(settings), 1:len(settings)]
+    se = np.sqrt(np.diag(cov))
+    gm = math.exp(np.mean(np.log([v[i] for v in values[settings[0]]])))
+    return (dict(zip(settings[1:], beta[1:len(settings)])), dict(zip(settings[1:], se)), df, gm,
+            cov / np.outer(se, se))
 
 
 @pytest.fixture(scope="module")
@@ -398,41 +408,94 @@ def group_of(table: pd.DataFrame, kind: str, mask: str) -> pd.Series:
     return hit.iloc[0]
 
 
-def test_baseline_differences_and_welch_intervals_match_the_formulas(versus, capsys):
+def test_baseline_comparison_blocks_on_the_seeds_and_matches_least_squares(versus, capsys):
+    from rnnlm.study.stats import simultaneous_critical
+
     assert main([str(versus), "--baseline", f"{KIND}=none", "--format", "csv"]) == 0
     printed = read_csv_block(capsys.readouterr().out)
-    base = VERSUS[("none", "element", 0.0)]
-    for (kind, mask, _), values in VERSUS.items():
-        row = group_of(printed, kind, "—" if kind == "none" else mask)  # no mask is drawn without dropout
-        for i, stem in enumerate(("val_ppl", "test_ppl")):
-            mine, theirs = [v[i] for v in values], [v[i] for v in base]
-            diff = statistics.mean(mine) - statistics.mean(theirs)
-            assert row[f"{stem}_diff"] == pytest.approx(0.0 if kind == "none" else diff)
+    assert (printed["method"] == "blocked").all()  # every group shares a seed with the baseline
+    for i, stem in enumerate(("val_ppl", "test_ppl")):
+        estimate, se, df, gm, corr = blocked_by_hand(VERSUS, i)
+        crit = simultaneous_critical(corr, df)  # four comparisons, one family per column
+        for (kind, mask, rate), values in VERSUS.items():
+            row = group_of(printed, kind, "—" if kind == "none" else mask)  # no mask is drawn without dropout
             if kind == "none":
-                assert row[f"{stem}_verdict"] == "baseline" and math.isnan(row[f"{stem}_low"])
-            elif len(values) == 1:  # n = 1: a difference, but no interval, and it says so
-                assert row[f"{stem}_verdict"] == "n=1: no interval"
-                assert math.isnan(row[f"{stem}_low"]) and math.isnan(row[f"{stem}_p"])
-            else:  # n = 3 and n = 2 against n = 3
-                _, low, high = welch_by_hand(mine, theirs)
-                assert (row[f"{stem}_low"], row[f"{stem}_high"]) == (pytest.approx(low), pytest.approx(high))
-                assert 0 < row[f"{stem}_p"] < 1
+                assert row[f"{stem}_verdict"] == "baseline" and row[f"{stem}_diff"] == 0.0
+                assert math.isnan(row[f"{stem}_low"])
+                continue
+            b = estimate[(kind, mask, rate)]
+            assert row[f"{stem}_ratio"] == pytest.approx(math.exp(b), rel=1e-9)
+            assert row[f"{stem}_crit"] == pytest.approx(crit, abs=1e-6)
+            half = crit * se[(kind, mask, rate)]
+            assert (row[f"{stem}_diff"], row[f"{stem}_low"], row[f"{stem}_high"]) == pytest.approx(
+                [gm * math.expm1(b), gm * math.expm1(b - half), gm * math.expm1(b + half)], rel=1e-6)
+            assert 0 < row[f"{stem}_p"] <= 1 and row[f"{stem}_seeds_needed"] >= 2
+        # groups with every seed: the estimate is the difference of the geometric means
+        for mask in ("element", "row"):
+            mine = [v[i] for v in VERSUS[("weight_drop", mask, 0.5)]]
+            assert group_of(printed, "weight_drop", mask)[f"{stem}_diff"] == pytest.approx(
+                statistics.geometric_mean(mine) - gm, rel=1e-9)
     assert group_of(printed, "weight_drop", "element")["val_ppl_verdict"] == "lower"
-    assert group_of(printed, "weight_drop", "row")["val_ppl_verdict"] == "not distinguishable"
-    assert group_of(printed, "weight_drop", "column")["test_ppl_verdict"] == "lower"  # n = 2 against n = 3
+    assert group_of(printed, "weight_drop", "row")["val_ppl_verdict"] == "unresolved"
+    assert group_of(printed, "weight_drop", "column")["val_ppl_verdict"] == "lower"  # two seeds
+    single = group_of(printed, "variational", "tied")  # one seed: the pooled residual sd gives its interval
+    assert single["val_ppl_perm_p"] == 1.0 and math.isnan(single["val_ppl_paired_low"])
+    column = group_of(printed, "weight_drop", "column")
+    assert column["val_ppl_perm_floor"] == 0.5 and column["val_ppl_perm_p"] == 0.5  # both seeds lower
+
+
+def test_groups_without_shared_seeds_are_compared_by_welch(tmp_path, capsys):
+    from scipy import stats
+
+    base, other = [100.0, 104.0, 99.0], [92.0, 97.0, 90.0, 95.0]
+    for seed, val in enumerate(base, start=1):
+        make_run(tmp_path / f"b{seed}", seed=seed, kind="none", val=val, test=val)
+    for seed, val in enumerate(other, start=11):
+        make_run(tmp_path / f"o{seed}", seed=seed, kind="weight_drop", mask="row", val=val, test=val)
+    make_run(tmp_path / "single", seed=21, kind="variational", val=98.0, test=98.0)
+    assert main([str(tmp_path), "--baseline", f"{KIND}=none", "--format", "csv"]) == 0
+    printed = read_csv_block(capsys.readouterr().out)
+    welch = stats.ttest_ind(np.log(other), np.log(base), equal_var=False)  # Welch (1947) on log perplexity
+    ci = welch.confidence_interval(0.95)
+    gm = statistics.geometric_mean(base)
+    row = group_of(printed, "weight_drop", "row")
+    assert (printed["method"] == "welch").all()
+    assert (row["val_ppl_low"], row["val_ppl_high"]) == pytest.approx([gm * math.expm1(ci.low),
+                                                                       gm * math.expm1(ci.high)], rel=1e-9)
+    assert row["val_ppl_p"] == pytest.approx(welch.pvalue, rel=1e-9) and math.isnan(row["val_ppl_perm_p"])
+    assert row["val_ppl_diff"] == pytest.approx(statistics.geometric_mean(other) - gm, rel=1e-9)
+    single = group_of(printed, "variational", "tied")
+    assert single["val_ppl_verdict"] == "n<2: no interval" and math.isnan(single["val_ppl_low"])
 
 
 def test_baseline_in_markdown_and_latex_joins_difference_and_interval(versus, capsys):
+    assert main([str(versus), "--baseline", f"{KIND}=none", "--format", "csv"]) == 0
+    row = group_of(read_csv_block(capsys.readouterr().out), "weight_drop", "element")
+    cell = f"{row['val_ppl_diff']:+.2f} [{row['val_ppl_low']:+.2f}, {row['val_ppl_high']:+.2f}]"
     assert main([str(versus), "--baseline", f"{KIND}=none"]) == 0
     out = capsys.readouterr().out
-    diff, low, high = welch_by_hand([90.0, 91.0, 92.0], [100.0, 102.0, 104.0])
-    assert f"{diff:+.2f} [{low:+.2f}, {high:+.2f}]" in out
-    assert "n=1: no interval" in out and "baseline" in out and "95% Welch t-interval" in out
+    assert cell in out and f"{row['val_ppl_ratio']:.3f}" in out and "baseline" in out
+    assert "Dunnett-type max-t" in out and "two families" in out and "val_ppl: 4 comparisons" in out
+    assert "val_ppl_seeds_needed" not in out and "val_ppl_paired_low" not in out  # summary.csv only
+    assert {"val_ppl_seeds_needed", "val_ppl_paired_low", "test_ppl_ratio_high", "method"} <= set(
+        pd.read_csv(versus / "summary.csv").columns)
     assert "best by validation" not in out  # one setting per variant: nothing to choose, no second table
     assert "Baseline: dropout.recurrent.kind=none." in (versus / "summary.md").read_text()
     assert main([str(versus), "--baseline", f"{KIND}=none", "--format", "latex"]) == 0
     latex = capsys.readouterr().out
-    assert f"{diff:+.2f} [{low:+.2f}, {high:+.2f}]" in latex and "\\begin{tabular}" in latex
+    assert cell in latex and "\\begin{tabular}" in latex
+
+
+def test_effect_sets_the_margin_and_bad_values_are_one_line_exit_2(versus, capsys):
+    assert main([str(versus), "--baseline", f"{KIND}=none", "--effect", "0.2", "--format", "csv"]) == 0
+    printed = read_csv_block(capsys.readouterr().out)
+    assert group_of(printed, "weight_drop", "row")["val_ppl_verdict"] == "within ±20%"
+    for bad in ("0", "1", "-0.1", "nan"):
+        assert main([str(versus), "--baseline", f"{KIND}=none", "--effect", bad]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.count("\n") == 1 and "--effect" in captured.err
+    build = __import__("rnnlm.summary.cli", fromlist=["build_parser"]).build_parser
+    assert "default 0.03" in build().format_help()
 
 
 def test_baseline_plot(versus, capsys):
@@ -459,7 +522,9 @@ def test_two_baseline_keys_pick_one_group(versus, capsys):
                  "--format", "csv"]) == 0
     printed = read_csv_block(capsys.readouterr().out)
     assert group_of(printed, "weight_drop", "row")["val_ppl_verdict"] == "baseline"
-    assert group_of(printed, "none", "—")["val_ppl_diff"] == pytest.approx(102.0 - 102.5)
+    gm = {kind: statistics.geometric_mean(v for v, _ in VERSUS[setting])
+          for kind, setting in (("none", ("none", "element", 0.0)), ("row", ("weight_drop", "row", 0.5)))}
+    assert group_of(printed, "none", "—")["val_ppl_diff"] == pytest.approx(gm["none"] - gm["row"])
 
 
 def test_each_test_figure_is_paired_with_the_validation_of_the_same_weights(tmp_path, capsys):

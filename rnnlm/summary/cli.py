@@ -16,6 +16,7 @@ import pandas as pd
 
 from ..atomic import atomic_write_text
 from . import compare, tables
+from ..study.stats import DEFAULT_EFFECT
 from .runs import RunsError, check_keys, filter_runs, load_runs
 from .tables import Metric
 
@@ -42,10 +43,22 @@ each value averaged over the runs that have it.
 {GROUPING_HELP}
 
 baseline: --baseline KEY=VALUE (repeatable, all must match) names one group;
-every group then gets its difference from it (group - baseline) in mean
-validation and test value, a 95% Welch t-interval over seeds (scipy.stats),
-the p-value, and a verdict: lower/higher (the interval excludes 0), not
-distinguishable, or no interval (n=1). --plot adds diff_vs_baseline.png.
+every group is then compared with it, for the validation and for the test
+value (two families, each adjusted on its own), with the seeds as blocks:
+the same seed gives the same initial weights and BPTT schedule in every
+variant. Shared seeds: OLS of log perplexity on group + seed, 95%
+intervals Dunnett-type max-t adjusted over the m comparisons shown
+(Hothorn, Bretz & Westfall 2008). Seeds not shared: Welch t on log
+perplexity, max-t adjusted with each comparison's own df (Hasler &
+Hothorn 2008). Printed: diff [low, high] (group - baseline in points: the
+baseline's geometric mean x (ratio - 1)), ratio (group / baseline), p
+(adjusted), perm p (exact sign-flip p over the shared seeds, unadjusted; at
+least 2/2^seeds, 0.25 with 3 seeds) and a verdict: lower/higher (the
+interval excludes 0), within ±3% (inside the --effect margin), unresolved,
+or no interval. summary.csv adds the ratio interval, Bonferroni-adjusted
+paired t-intervals, seeds_needed (seeds per group that would resolve
+--effect at 80% power) and the critical values. --plot adds
+diff_vs_baseline.png.
 
 filters: --filter KEY=VALUE matches config/result values by type (0.5 ==
 0.50, true/false, null); repeating a KEY matches any of its values,
@@ -78,21 +91,30 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep runs whose KEY equals VALUE (repeatable)")
     parser.add_argument("--baseline", action="append", default=[], metavar="KEY=VALUE",
                         help="compare every group with the group these select (repeatable)")
+    parser.add_argument("--effect", type=float, default=DEFAULT_EFFECT, metavar="FRACTION",
+                        help="with --baseline: the equivalence margin of the verdict and the change that "
+                        f"seeds_needed resolves, a fraction of perplexity (default {DEFAULT_EFFECT:g}: ±3%%)")
     parser.add_argument("--plot", action="store_true", help="also write PNG figures next to summary.csv")
     return parser
 
 
 def _tables(summary: pd.DataFrame, best: pd.DataFrame, metrics: list[Metric], fmt: str,
-            baseline: list[str]) -> str:
+            args: argparse.Namespace) -> str:
     """The summary table, under its baseline note if any, then the best-by-validation table
-    where some variant has several settings to choose from (else it would repeat the first)."""
+    where some variant has several settings to choose from (else it would repeat the first).
+    Markdown and LaTeX show fewer comparison columns than summary.csv (:func:`compare.for_display`)."""
     prefix = {"markdown": "### ", "csv": "# ", "latex": "% "}[fmt]  # a heading in markdown, else a comment
-    note = f"{prefix}{compare.describe(metrics[0], baseline)}\n\n" if baseline else ""
-    text = note + tables.format_table(summary, metrics, fmt)
+    shown = (lambda t: t) if fmt == "csv" else (lambda t: compare.for_display(t, metrics[0]))
+    note = ""
+    if args.baseline:
+        heading, *lines = compare.describe(metrics[0], args.baseline, summary, args.effect)
+        below = "\n".join(lines if fmt == "markdown" else (prefix + line for line in lines))
+        note = f"{prefix}{heading}\n\n{below}\n\n"
+    text = note + tables.format_table(shown(summary), metrics, fmt)
     if len(best) < len(summary):
         caption = (f"best by validation: lowest mean {metrics[0].val} per variant "
                    f"({metrics[0].test} reported at that setting)")
-        text += f"\n{prefix}{caption}\n\n{tables.format_table(best, metrics, fmt)}"
+        text += f"\n{prefix}{caption}\n\n{tables.format_table(shown(best), metrics, fmt)}"
     return text
 
 
@@ -113,7 +135,7 @@ def _markdown_file(text: str, left: pd.DataFrame, args: argparse.Namespace, metr
              f"Metric: {metric.name} (selected on {metric.val}, reported {metric.test})."]
     scope += [f"Filters: {', '.join(args.filter)}."] if args.filter else []
     scope += [f"Grouped by: {', '.join(args.group_by)}."] if args.group_by else []
-    scope += [f"Baseline: {', '.join(args.baseline)}."] if args.baseline else []
+    scope += [f"Baseline: {', '.join(args.baseline)}.", f"Margin: ±{args.effect * 100:g}%."] if args.baseline else []
     parts = ["# rnnlm summary\n\n" + " ".join(scope) + "\n", text]
     parts += ["### runs not summarised\n\n" + left.to_markdown(index=False) + "\n"] if not left.empty else []
     return "\n".join(parts)
@@ -148,6 +170,7 @@ def _run(args: argparse.Namespace) -> int:
     if frame.empty:
         print(f"{PROG}: no runs match {' '.join('--filter ' + f for f in args.filter)}", file=sys.stderr)
         return 1
+    compare.check_effect(args.effect)
     metric = tables.METRIC_OF[args.metric]
     frame = tables.with_metrics(frame, metric)
     used, left = tables.select_runs(frame, metric)
@@ -160,15 +183,15 @@ def _run(args: argparse.Namespace) -> int:
     summary = tables.summarise(frame, used, variant_keys + rate_keys, metrics)
     if args.baseline:
         base = compare.baseline_group(frame[used], variant_keys + rate_keys, args.baseline)
-        summary = compare.compare(summary, frame[used], variant_keys + rate_keys, base, metric)
+        summary = compare.compare(summary, frame[used], variant_keys + rate_keys, base, metric, args.effect)
     best = tables.best_by_validation(summary, variant_keys, metric)
-    sys.stdout.write(_tables(summary, best, metrics, args.format, args.baseline))
+    sys.stdout.write(_tables(summary, best, metrics, args.format, args))
     sys.stdout.flush()
     sys.stderr.write(_left_out(left, len(frame)))
 
     out_dir = Path(args.dirs[0])
     written = [out_dir / name for name in ("summary.csv", "summary.md", "best.csv")]
-    markdown = _markdown_file(_tables(summary, best, metrics, "markdown", args.baseline), left, args, metric)
+    markdown = _markdown_file(_tables(summary, best, metrics, "markdown", args), left, args, metric)
     for path, text in zip(written, (summary.to_csv(index=False), markdown, best.to_csv(index=False))):
         atomic_write_text(path, text)
     if args.plot:

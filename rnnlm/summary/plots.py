@@ -190,16 +190,22 @@ def _late_top(curves: pd.DataFrame) -> float | None:
     return float(min(1.05 * high, 2 * low)) if np.isfinite([high, low]).all() else None
 
 
-VERDICT_COLOURS = {"lower": "tab:green", "higher": "tab:red"}  # else grey: not distinguishable
+VERDICT_COLOURS = {"lower": "tab:green", "higher": "tab:red", "within": "tab:blue"}  # else grey: unresolved
+
+
+def _verdict_colour(verdict: str) -> str:
+    return VERDICT_COLOURS.get(str(verdict).split(" ")[0], "0.5")
 
 
 def plot_diff(summary: pd.DataFrame, keys: list[str], metric: Metric, baseline: list[str], path: Path,
               dataset: str = "") -> Path:
     """Each group's difference from the baseline (``rnnlm summary --baseline``), validation
-    (left) and test (right): the difference of means with its Welch interval as a bar.
+    (left) and test (right), in points (the baseline's geometric mean x (ratio - 1)), with its
+    simultaneous interval (:mod:`rnnlm.summary.compare`) as a bar.
 
     Green: the interval lies below zero (the group is better on a perplexity or a loss),
-    red: above; grey: it contains zero; a hollow marker without a bar: no interval (n = 1).
+    red: above; blue: inside the equivalence margin; grey: unresolved; a hollow marker
+    without a bar: no interval.
     """
     rows = summary[(summary["n"] > 0) & (summary[f"{metric.val}_verdict"] != "baseline")]
     rows = rows.assign(label=labels(rows, keys)).sort_values(f"{metric.val}_diff", ascending=False)
@@ -211,8 +217,7 @@ def plot_diff(summary: pd.DataFrame, keys: list[str], metric: Metric, baseline: 
         ax.axvline(0.0, color="0.3", linewidth=1, label="baseline")
         for yi, row in zip(y, rows.itertuples(index=False)):
             diff, low, high = (getattr(row, f"{stem}_{s}") for s in ("diff", "low", "high"))
-            verdict = getattr(row, f"{stem}_verdict")
-            colour = VERDICT_COLOURS.get(verdict, "0.5")
+            colour = _verdict_colour(getattr(row, f"{stem}_verdict"))
             if np.isfinite([low, high]).all():
                 ax.errorbar(diff, yi, xerr=[[diff - low], [high - diff]], fmt="o", color=colour, capsize=3)
             else:
@@ -221,6 +226,8 @@ def plot_diff(summary: pd.DataFrame, keys: list[str], metric: Metric, baseline: 
         ax.grid(True, axis="x", alpha=0.3)
         ax.set(title=split, xlabel=f"{split} {metric.label}: group − baseline")
     where = f"{dataset}: " if dataset else ""
-    fig.suptitle(f"{where}difference from the baseline ({', '.join(baseline)})\n"
-                 "mean over seeds with a 95% Welch t-interval; green/red: the interval excludes 0; hollow: n=1, no interval")
+    method = str(summary["method"].iloc[0]) if "method" in summary and len(summary) else ""
+    fig.suptitle(f"{where}difference from the baseline ({', '.join(baseline)}), {method}\n"
+                 "95% simultaneous (max-t) intervals over seeds; green/red: the interval excludes 0; "
+                 "blue: inside the margin; hollow: no interval")
     return _save(fig, path)
