@@ -60,12 +60,15 @@ from .resume import (AUTO, HYDRA_DIR, NAMED, RESUME_ENV, RunFinished, claim_run_
 log = logging.getLogger("rnnlm")
 
 ConfigStore.instance().store(name="run_config_schema", node=RunConfig)
-# hydra/sweeper=rnnlm_optuna. Hydra finds plugins by scanning the hydra_plugins namespace
-# package, which an editable install hides from it; Plugins.register is its public fallback.
-import hydra_plugins.rnnlm_optuna_sweeper.config  # noqa: E402,F401  (registers the sweeper's config)
+# hydra/sweeper=rnnlm_optuna and rnnlm_blocks. Hydra finds plugins by scanning the hydra_plugins
+# namespace package, which an editable install hides from it; Plugins.register is its public fallback.
+import hydra_plugins.rnnlm_blocks_sweeper.config  # noqa: E402,F401  (registers the sweeper's config)
+import hydra_plugins.rnnlm_optuna_sweeper.config  # noqa: E402,F401
+from hydra_plugins.rnnlm_blocks_sweeper.blocks_sweeper import BlocksSweeper  # noqa: E402
 from hydra_plugins.rnnlm_optuna_sweeper.optuna_sweeper import OptunaSweeper, job_pruner  # noqa: E402
 
 Plugins.instance().register(OptunaSweeper)
+Plugins.instance().register(BlocksSweeper)
 # ${rnnlm.tag:} in the default run and sweep directories: a short random tag, so runs started
 # in the same microsecond still get different directories. Cached, so it is one value per
 # config (Hydra copies the cache into every job of a sweep).
