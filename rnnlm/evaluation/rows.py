@@ -54,6 +54,7 @@ EVAL_COLUMNS = (
     "torch_version",
     "rnnlm_version",
     "git_revision",
+    "source_hash",  # the installed rnnlm source (rnnlm.runtime.source_hash)
     "time",  # when the row was written (UTC, ISO 8601)
     "overrides",  # the command line of `rnnlm eval`, after RUN_DIR; tuning rows end in (tuning: grid|chosen)
 )
