@@ -100,10 +100,12 @@ def source_hash() -> str:
     import importlib
 
     digest = hashlib.sha256()
-    roots = [(Path(__file__).resolve().parent, "*.py"),
-             (Path(importlib.import_module("rnnlm.configs").__file__).resolve().parent, "*.yaml")]
+    configs = Path(importlib.import_module("rnnlm.configs").__file__).resolve().parent
+    roots = [(Path(__file__).resolve().parent, "*.py"), (configs, "*.yaml")]
     for root, pattern in roots:
-        for path in sorted(p for p in root.rglob(pattern) if "__pycache__" not in p.parts):
+        # configs/ sits inside the package in a wheel and beside it in a checkout: hashed once, as configs
+        for path in sorted(p for p in root.rglob(pattern)
+                           if "__pycache__" not in p.parts and (root == configs or configs not in p.parents)):
             digest.update(f"{root.name}/{path.relative_to(root).as_posix()}\0".encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()[:12]

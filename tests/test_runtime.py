@@ -57,9 +57,10 @@ def test_source_hash_names_the_installed_source_and_configs():
     from pathlib import Path
 
     digest = hashlib.sha256()
-    for root, pattern in ((Path(runtime.__file__).parent, "*.py"),
-                          (Path(importlib.import_module("rnnlm.configs").__file__).parent, "*.yaml")):
-        for path in sorted(p for p in root.rglob(pattern) if "__pycache__" not in p.parts):
+    configs = Path(importlib.import_module("rnnlm.configs").__file__).resolve().parent
+    for root, pattern in ((Path(runtime.__file__).resolve().parent, "*.py"), (configs, "*.yaml")):
+        for path in sorted(p for p in root.rglob(pattern)
+                           if "__pycache__" not in p.parts and (root == configs or configs not in p.parents)):
             digest.update(f"{root.name}/{path.relative_to(root).as_posix()}\0".encode() + path.read_bytes())
     assert runtime.source_hash() == digest.hexdigest()[:12]
     assert runtime.provenance()["source_hash"] == runtime.source_hash()
