@@ -111,8 +111,10 @@ def train(
 
     The trackers of ``cfg.logger`` (:mod:`rnnlm.tracking`) get the run as ``name`` (None: its
     overrides, else the directory's name), in ``group`` (a sweep). ``stop_early(row)``,
-    asked after each epoch with its metrics row, ends training there when it returns True
-    (``stop_reason=pruned``; the test still runs): a search's pruner.
+    asked after each epoch with its metrics row, ends training there when it returns True: a
+    search's pruner. Such a run ends ``status=pruned`` (``stop_reason=pruned``) with its
+    checkpoints saved and no final test (nor MC figures): its validation perplexity is that
+    of an early epoch, which no search or summary may take for a finished run's.
     """
     device = resolve_device(cfg.device)
     with cpu_threads(cfg.threads), numerics(cfg.precision, cfg.deterministic, device), \
@@ -147,18 +149,22 @@ def _train(
     def checkpoint(trainer: Trainer) -> None:
         save_checkpoint(files.path(LAST), trainer.state_dict())
 
+    pruned = False  # by stop_early in this session (a resumed pruned run has it in its state)
+
     def end_of_epoch(trainer: Trainer) -> None:
+        nonlocal pruned
         st = trainer.state
         checkpoint(trainer)  # first: metrics.csv never runs ahead of the resumable state
         files.write_metrics(st.metrics)
         files.write_result(**progress_fields(trainer))
         tracking.epoch(st.metrics[-1])
         if stop_early is not None and not st.finished and stop_early(st.metrics[-1]):
+            pruned = True
             st.finished, st.stop_reason = True, "pruned"  # saved by the checkpoint after fit()
 
     def progress(trainer: Trainer) -> None:
         st = trainer.state
-        tracking.progress(tokens=sum(row["train_tokens"] for row in st.metrics) + st.tokens,
+        tracking.progress(tokens=global_tokens(trainer),
                           train_loss=st.loss_sum / max(st.tokens, 1),
                           tokens_per_second=st.tokens / max(st.train_seconds, 1e-9))
 
@@ -172,7 +178,9 @@ def _train(
         trainer.load_state_dict(load_checkpoint(files.path(LAST)))  # on CPU; the trainer moves what it needs
         files.write_metrics(trainer.state.metrics)  # drop rows written after last.pt
     files.write_result(**progress_fields(trainer))
-    tracking = Tracking(cfg.logger, files.dir, name=name or " ".join(overrides) or files.dir.name, group=group)
+    # resume_step: where the tracker runs continue on progress/tokens (what a killed process logged past it is replaced)
+    tracking = Tracking(cfg.logger, files.dir, name=name or " ".join(overrides) or files.dir.name, group=group,
+                        resume_step=global_tokens(trainer) if resume else None)
     tracking.start(settings(cfg))
 
     wall_start = time.monotonic() - trainer.state.total_seconds
@@ -180,9 +188,22 @@ def _train(
     final: dict[str, Any] | None = None
     try:
         trainer.fit()
+        if pruned:  # the pruner's word stands, even where the time budget ran out in that epoch
+            trainer.state.finished, trainer.state.stop_reason = True, "pruned"
         # Interrupted: the state mid-epoch. Finished: the state with the stop reason, so that a
-        # resume after a signal in the last validation or in the test goes straight to the test.
+        # resume after a signal in the last validation or in the test goes straight to the test
+        # (or, for a pruned run, to its end).
         checkpoint(trainer)
+        if trainer.state.stop_reason == "pruned" and not trainer.interrupted:
+            files.write_result(
+                status="pruned", stop_reason="pruned", wall_seconds=time.monotonic() - wall_start,
+                **progress_fields(trainer),
+            )
+            best = files.result["best_val_ppl"]
+            log.info("pruned by the search after epoch %d (best valid ppl %s); not tested",
+                     len(trainer.state.metrics), "none" if best is None else f"{best:.2f}")
+            tracking.end(files.result, SETTING_COLUMNS)
+            return files.result
         if not trainer.interrupted:
             with stop.abortable():  # abandoned at once by a signal: nothing to save
                 final = final_test(trainer, cfg, files, valid_data, test_data, device)
@@ -221,6 +242,12 @@ def _train(
              files.result["best_val_ppl"], files.result["best_epoch"], files.result["test_ppl"])
     tracking.end(files.result, SETTING_COLUMNS)
     return files.result
+
+
+def global_tokens(trainer: Trainer) -> int:
+    """Training tokens since the start of the run: the trackers' ``progress/tokens`` axis."""
+    st = trainer.state
+    return sum(row["train_tokens"] for row in st.metrics) + st.tokens
 
 
 def progress_fields(trainer: Trainer, with_ppl: bool = True) -> dict[str, Any]:

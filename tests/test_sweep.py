@@ -205,8 +205,9 @@ def test_an_interrupted_search_continues_where_it_stopped(tmp_path, monkeypatch)
 
 def test_a_search_prunes_a_hopeless_trial_at_an_epoch_end(tmp_path):
     """A study whose first trial reached perplexity 1.0 at every epoch: with the median pruner
-    the next trial (about 30 after its first epoch) stops there, its run is tested and
-    recorded with stop_reason=pruned, and the study marks it pruned."""
+    the next trial (about 30 after its first epoch) stops there, its run ends status=pruned,
+    untested, with its checkpoint saved, and the study marks it pruned with the perplexity
+    it reported (as Optuna records a pruned trial)."""
     import optuna
     from optuna.distributions import FloatDistribution
     from optuna.storages.journal import JournalFileBackend
@@ -223,15 +224,31 @@ def test_a_search_prunes_a_hopeless_trial_at_an_epoch_end(tmp_path):
                        "hydra.sweeper.pruner.name=median",
                        "hydra.sweeper.pruner.n_startup_trials=1", f"hydra.sweep.dir={sweep}"]) == 0
     trial = study_trials(sweep)[1]
-    assert trial.state == TrialState.PRUNED and trial.user_attrs == {"pruned_at_epoch": 1}
+    assert trial.state == TrialState.PRUNED and trial.user_attrs["pruned_at_epoch"] == 1
     (row,) = job_results(sweep)
-    assert (row["status"], row["stop_reason"], row["epochs_run"]) == ("completed", "pruned", "1")
-    assert float(row["test_ppl"]) > 1 and float(row["best_val_ppl"]) == pytest.approx(trial.intermediate_values[1])
+    assert (row["status"], row["stop_reason"], row["epochs_run"]) == ("pruned", "pruned", "1")
+    assert row["test_ppl"] == row["test_loss"] == row["mc_test_ppl"] == ""  # never tested
+    assert float(row["best_val_ppl"]) == pytest.approx(trial.intermediate_values[1]) == pytest.approx(trial.value)
+    assert (sweep / "1" / "checkpoints" / "last.pt").is_file() and (sweep / "1" / "checkpoints" / "best.pt").is_file()
 
 
 @pytest.mark.parametrize("overrides,message", [
     (("hydra/sweeper=rnnlm_optuna",), "the search has no dimension"),
     (("sweep=optuna_dropout", "hydra.sweeper.pruner.name=bogus"), "pruner.name=bogus is not one of none, median, hyperband"),
+    # the space, before the first trial: what Optuna cannot sample, and what a trial would be refused
+    (("hydra/sweeper=rnnlm_optuna", "dropout.output=interval(0.9,0.1)"),
+     "dropout.output=interval(0.9,0.1): `low <= high` must hold"),
+    (("sweep=optuna_dropout", "optim.lr=tag(log, interval(0, 40))"), "`low > 0` must hold for `log=True`"),
+    (("hydra/sweeper=rnnlm_optuna", "dropout.output=interval(0.1,1.5)"),
+     "the search dimension 'dropout.output=interval(0.1,1.5)' reaches a value rnnlm refuses: "
+     "dropout.output=1.5 is outside [0, 1)"),
+    (("sweep=optuna_dropout", "dropout/recurrent=choice(zoneout,bogus)"),
+     "dropout/recurrent=bogus is not a known option"),
+    (("sweep=optuna_dropout", "dropout.hidden=0.99", "trainer.bptt=0"), "trainer.bptt"),  # a fixed override
+    (("hydra/sweeper=rnnlm_optuna", "optim=sgd", "optim.name=choice(nt_asgd,sgd)",
+      "trainer.average=choice(uniform,none)"),
+     "the search space reaches a config rnnlm refuses at optim.name=nt_asgd trainer.average=uniform: "
+     "trainer.average=uniform needs optim=sgd"),  # each value alone is allowed, not the two together
 ])
 def test_a_bad_search_is_refused_in_one_line_and_leaves_nothing(tmp_path, capsys, overrides, message):
     assert rnnlm_main(["train", "-m", *QUICK, *overrides, f"hydra.sweep.dir={tmp_path / 'sweep'}"]) == 2

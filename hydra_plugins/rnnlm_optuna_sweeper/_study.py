@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 JOURNAL = "optuna.journal"
 PRUNED_AT = "pruned_at_epoch"  # user attribute of a trial its job stopped early
+DIVERGED = "diverged"  # user attribute (True) of a trial whose run diverged: infeasible, see diverged()
 OBJECTIVE = "val_ppl"  # the metrics.csv column reported at each epoch's end
 
 
@@ -34,17 +35,42 @@ def storage(spec: str | None, sweep_dir: str | Path) -> Any:
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
 
 
+def diverged(trial: Any) -> list[float]:
+    """The constraint of a finished trial: ``[1.0]`` (violated) for a diverged run, else ``[0.0]``.
+
+    A diverged run has no perplexity to report. Told FAIL, TPE would ignore it (it models
+    only COMPLETE and PRUNED trials) and keep sampling the region that diverges. Instead the
+    trial is COMPLETE, marked ``diverged``, with the perplexity of a uniform model over the
+    vocabulary as its value (``vocab_size``: what a model that learned nothing scores) and
+    this constraint violated. When TPE splits the trials into a good and a bad group it ranks
+    every infeasible trial after every feasible and pruned one (Optuna's constrained TPE, see
+    the ``TPESampler`` documentation), so the region that diverges weighs on the bad side
+    however its value compares, and ``Study.best_trial`` skips infeasible trials. The value
+    keeps the trial readable by tools that want a finite number (plots, dashboards). Given as
+    ``TPESampler(constraints_func=...)``, the form both Optuna 4 and 5 read (5 prefers
+    ``Trial.set_constraint``, to the same effect)."""
+    return [1.0 if trial.user_attrs.get(DIVERGED) else 0.0]
+
+
 def sampler(cfg: Mapping[str, Any], trials_before: int = 0) -> Any:
     """The sampler; a seeded one continuing a study with ``trials_before`` trials is seeded
     ``seed + trials_before``, else it would draw its first points again (the seed fixes the
-    sequence of random draws, not where the study stands)."""
+    sequence of random draws, not where the study stands). TPE learns of diverged trials
+    through the constraint :func:`diverged`."""
+    import warnings
+
     import optuna
 
     kinds = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
     if cfg["name"] not in kinds:
         raise ValueError(f"hydra.sweeper.sampler.name={cfg['name']} is not one of {', '.join(kinds)}")
     seed = cfg.get("seed")
-    return kinds[cfg["name"]](seed=None if seed is None else seed + trials_before)
+    seed = None if seed is None else seed + trials_before
+    if cfg["name"] != "tpe":
+        return kinds[cfg["name"]](seed=seed)
+    with warnings.catch_warnings():  # Optuna 5 deprecates constraints_func in favour of Trial.set_constraint
+        warnings.filterwarnings("ignore", message=".*constraints_func.*", category=FutureWarning)
+        return optuna.samplers.TPESampler(seed=seed, constraints_func=diverged)
 
 
 def trial_count(store: Any, study_name: str) -> int:

@@ -37,7 +37,9 @@ class RnnlmOptunaSweeperConf:
     # None: an Optuna journal file, SWEEP_DIR/optuna.journal; else an RDB URL (sqlite:///x.db,
     # postgresql://...) or the path of a journal file.
     storage: Optional[str] = None
-    n_trials: int = 20  # trials in the study when the search ends, counting those of earlier sessions
+    # trials in the study when the search ends, counting those of earlier sessions and of other
+    # searches on the same study (each may ask for one more before it hears of the others')
+    n_trials: int = 20
     n_jobs: int = 1  # trials launched together (with a parallel launcher: joblib, slurm)
     sampler: SamplerConf = field(default_factory=SamplerConf)
     pruner: PrunerConf = field(default_factory=PrunerConf)

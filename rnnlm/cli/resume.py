@@ -39,7 +39,9 @@ BUDGET_KEYS = ("trainer.max_epochs", "trainer.max_minutes", "trainer.finetune_ep
 
 
 class RunFinished(Exception):
-    """The run asked to continue has already completed or diverged: nothing to do."""
+    """The run asked to continue has already completed, diverged or been pruned (a search's
+    pruner stopped it for good): nothing to do. ``best`` is the objective a sweep is told:
+    the best validation perplexity of a completed run, else inf."""
 
     def __init__(self, run_dir: Path, status: str, best: float):
         super().__init__(f"{run_dir} holds a {status} run; nothing to do")
@@ -131,11 +133,14 @@ def claim_run_dir(run_dir: Path, cfg: RunConfig, how: str | None) -> tuple[Claim
     return claim, (run_dir / LAST).is_file()
 
 
+FINISHED = ("completed", "diverged", "pruned")  # statuses of runs that will not change
+
+
 def check_not_finished(run_dir: Path) -> None:
-    """RunFinished if the run in ``run_dir`` has completed or diverged."""
+    """RunFinished if the run in ``run_dir`` has completed, diverged or been pruned."""
     if (run_dir / "result.csv").is_file():
         (row,) = read_csv(run_dir / "result.csv") or [{}]
-        if row.get("status") in ("completed", "diverged"):
+        if row.get("status") in FINISHED:
             best = row.get("best_val_ppl")
             raise RunFinished(run_dir, row["status"], float(best) if best and row["status"] == "completed" else math.inf)
 

@@ -65,7 +65,7 @@ SETTING_COLUMNS = (
 
 RESULT_COLUMNS = (
     "seed",
-    "status",  # running | completed | diverged | interrupted | failed
+    "status",  # running | completed | diverged | pruned (by a search: untested, finished) | interrupted | failed
     "stop_reason",  # max_epochs | max_minutes | finetune_converged | patience | diverged | pruned | interrupted_{train,finetune,test}
     "vocab_size",
     "train_tokens",

@@ -78,10 +78,20 @@ def with_metrics(frame: pd.DataFrame, metric: Metric) -> pd.DataFrame:
 
 def select_runs(frame: pd.DataFrame, metric: Metric) -> tuple[pd.Series, pd.DataFrame]:
     """(used, left): which runs enter the statistics (completed and with a validation value),
-    and status, run_dir and note of every run left out."""
-    used = (frame["status"] == "completed") & frame[metric.val].notna()
-    left = frame.loc[~used, ["status", "run_dir", "note"]]
+    and status, run_dir and note of every run left out.
+
+    A run a search's pruner stopped (``stop_reason=pruned``) is left out as ``pruned``, also
+    where an older rnnlm recorded it ``completed``: its validation figure is an early epoch's,
+    not a finished run's, so it would flatter or sink its group's mean."""
+    pruned = frame["stop_reason"].eq("pruned") if "stop_reason" in frame else pd.Series(False, index=frame.index)
+    status = frame["status"].mask(pruned, "pruned")
+    used = (status == "completed") & frame[metric.val].notna()
+    left = frame.loc[~used, ["run_dir", "note"]].assign(status=status[~used])[["status", "run_dir", "note"]]
     note = left["note"].mask(left["status"] == "completed", f"no {metric.val}")
+    epochs = pd.to_numeric(frame["epochs_run"], errors="coerce") if "epochs_run" in frame else None
+    for i in left.index[left["status"] == "pruned"]:
+        after = "" if epochs is None or is_missing(epochs[i]) else f" after epoch {epochs[i]:g}"
+        note[i] = f"stopped by the search's pruner{after}; not tested"
     return used, left.assign(note=note).reset_index(drop=True)
 
 
