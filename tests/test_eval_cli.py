@@ -231,3 +231,65 @@ def test_threads_hold_for_the_command_only(fresh):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------ MC: progress and throughput
+def test_mc_shows_its_progress_in_samples_and_reports_token_samples_per_second(fresh, capsys):
+    """Without a terminal, MC scoring says what it will do, then a line per tenth with the
+    samples done, token-samples/s and the time left; eval.csv's token_samples_per_second is
+    tokens x samples / seconds (tokens_per_second stays stream tokens)."""
+    assert rnnlm_main(["eval", str(fresh), "method=mc", "split=valid", "mc.samples=5", "mc.columns=2"]) == 0
+    err = capsys.readouterr().err
+    (row,) = read_rows(fresh / "eval.csv")
+    lines = [line for line in err.splitlines() if line.startswith("mc valid:")]
+    tokens = int(row["tokens"])
+    assert lines[0] == (f"mc valid: 5 samples of {tokens:,} tokens ({5 * tokens:,} token-samples), "
+                        f"3 passes of up to 2 columns")
+    percents = [int(line.split(":")[1].split("%")[0]) for line in lines[1:]]
+    assert percents == sorted(percents) and percents[-1] == 100 and len(percents) >= 5
+    assert "(5.0/5 samples)" in lines[-1] and "token-samples/s" in lines[-1] and "left" in lines[-1]
+    # Both rates are over the same time (the written seconds are rounded, too coarse for a short run)
+    assert float(row["token_samples_per_second"]) == pytest.approx(5 * float(row["tokens_per_second"]), rel=1e-4)
+    assert float(row["tokens_per_second"]) == pytest.approx(tokens / float(row["seconds"]), rel=0.05)
+    assert row["mc.samples"] == "5"
+
+
+def test_progress_false_keeps_mc_quiet_and_other_methods_have_no_token_samples(fresh, capsys):
+    assert rnnlm_main(["eval", str(fresh), "method=mc,standard", "split=valid", "mc.samples=2",
+                       "progress=false"]) == 0
+    captured = capsys.readouterr()
+    assert "mc valid:" not in captured.err
+    mc, standard = read_rows(fresh / "eval.csv")
+    assert float(mc["token_samples_per_second"]) > 0 and standard["token_samples_per_second"] == ""
+    assert "token-samples/s, 2 per token" in captured.out.splitlines()[0]
+
+
+def test_mc_progress_counts_every_token_sample_and_changes_nothing(run):
+    """evaluate_mc told of each segment gives the same loss, bit for bit, and is told of
+    (L - 1) x B x samples token-samples in all."""
+    from rnnlm.data import batchify
+    from rnnlm.training.evaluate import evaluate_mc
+
+    loaded = load_run(run, "best", "cpu")
+    data = batchify(loaded.corpus.valid, 3, torch.device("cpu"))
+    counts = []
+    plain = evaluate_mc(loaded.model, data, 7, 5, columns=2, seed=1)
+    told = evaluate_mc(loaded.model, data, 7, 5, columns=2, seed=1, progress=counts.append)
+    assert told == plain
+    assert sum(counts) == (data.size(0) - 1) * data.size(1) * 5 and len(counts) > 3
+
+
+def test_work_progress_lines_and_switch():
+    from rnnlm.training.progress import WorkProgress
+
+    lines = []
+    bar = WorkProgress("mc test", 4, "samples", 10, "token-samples", terminal=False, emit=lines.append)
+    for _ in range(40):
+        bar.update(1)
+    bar.close()
+    assert lines[0] == "mc test: 4 samples of 10 tokens (40 token-samples)"
+    assert [line.split(": ")[1].split("%")[0].strip() for line in lines[1:]] == [str(p) for p in range(10, 101, 10)]
+    quiet = []
+    bar = WorkProgress("mc test", 4, "samples", 10, "token-samples", enabled=False, terminal=False, emit=quiet.append)
+    bar.update(40)
+    assert quiet == []

@@ -308,3 +308,82 @@ def test_resume_with_corrupt_checkpoint_is_one_clear_line(reference, tmp_path, c
     assert rnnlm_main(["train", f"resume={run_dir}"]) == 2
     err = capsys.readouterr().err
     assert "cannot load checkpoint" in err and err.count("\n") == 1
+
+
+# ------------------------------------------------------------- stopping a sweep of worker processes
+def test_a_stop_file_stops_the_training_loop_like_a_signal_but_is_not_passed_on(tmp_path):
+    """What a job of a joblib sweep does when its parent writes the sweep's stop file."""
+    from rnnlm.training.signals import request_stop, stop_on_signals, watch_stop_file
+
+    passed_on = []
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: passed_on.append(signum))
+    try:
+        path = tmp_path / ".rnnlm-stop"
+        with watch_stop_file(path), stop_on_signals() as stop:
+            assert not stop()
+            request_stop(path, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while not stop():
+                assert time.monotonic() < deadline, "the stop file was not seen"
+                time.sleep(0.01)
+            assert stop.name == "SIGTERM to the sweep"
+        assert passed_on == []  # no signal reached this process: nothing for the handler before
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def test_a_stop_file_abandons_an_abortable_section_at_once(tmp_path):
+    """The final test is abandoned by a stop file as by a signal (it is redone on resume)."""
+    from rnnlm.training.signals import Interrupted, request_stop, stop_on_signals, watch_stop_file
+
+    path = tmp_path / ".rnnlm-stop"
+    with watch_stop_file(path), stop_on_signals() as stop:
+        with pytest.raises(Interrupted, match="SIGTERM to the sweep"):
+            with stop.abortable():
+                request_stop(path, signal.SIGTERM)
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:  # a long evaluation
+                    sum(range(1000))
+        assert stop()
+
+
+def stopped_sweep(tmp_path, *overrides: str):
+    """Start a joblib sweep of two long jobs as its own process; return it once both train."""
+    sweep = tmp_path / "sweep"
+    command = ["train", "-m", *BASE, "trainer.max_epochs=6", "seed=1,2", "hydra/launcher=joblib",
+               "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}", *overrides]
+    proc = start_rnnlm(*command, cwd=tmp_path)
+
+    def both_training() -> bool:
+        jobs = [sweep / job for job in "01"]
+        return all((j / "metrics.csv").exists() and read_rows(j / "result.csv")[0]["status"] == "running"
+                   and 1 <= len(read_rows(j / "metrics.csv")) < 6 for j in jobs)
+
+    wait_for(both_training, proc)
+    return proc, sweep, command
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_joblib_sweeps_parent_stops_every_job_and_resume_auto_completes_them(tmp_path):
+    """`kill PID` of a sweep's parent: before, the loky workers trained on to the end of their
+    jobs. Now every job saves its checkpoint and ends interrupted, the parent exits 130, and
+    the same command with resume=auto continues them, each to the figures of an uninterrupted run."""
+    proc, sweep, command = stopped_sweep(tmp_path)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 130, err[-3000:]
+    rows = [read_rows(sweep / job / "result.csv")[0] for job in "01"]
+    assert [(r["status"], r["stop_reason"]) for r in rows] == [("interrupted", "interrupted_train")] * 2, rows
+    assert all(int(r["epochs_run"]) < 6 for r in rows)
+    for job in "01":
+        load_checkpoint(sweep / job / "checkpoints" / "last.pt")
+        assert "SIGTERM to the sweep during train" in (sweep / job / "rnnlm_train.log").read_text()
+    assert not list(sweep.rglob("*.tmp"))
+
+    done = run_rnnlm(*command, "resume=auto", cwd=tmp_path, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for job in "01":
+        (row,) = read_rows(sweep / job / "result.csv")
+        assert row["status"] == "completed" and row["epochs_run"] == "6"
+        assert [r["epoch"] for r in read_rows(sweep / job / "metrics.csv")] == [str(e) for e in range(1, 7)]
+    assert not (sweep / ".rnnlm-stop").exists()

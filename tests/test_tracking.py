@@ -10,6 +10,7 @@ import importlib.util
 import json
 import math
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -260,8 +261,20 @@ def warnings_logged(run_dir: Path) -> list[str]:
     return [line for line in (run_dir / "rnnlm_train.log").read_text().splitlines() if "[WARNING]" in line]
 
 
-def test_a_failing_tracker_warns_once_and_the_run_is_unchanged(run, tmp_path, offline, monkeypatch):
-    """The disk under MLflow's store fills up once the run has started: one warning, and
+@pytest.fixture()
+def quick_retries(monkeypatch):
+    """Back-off and end wait in tenths of a second, so that failing trackers are quick to test."""
+    import rnnlm.tracking as tracking
+
+    monkeypatch.setattr(tracking, "BACKOFF_FIRST", 0.02)
+    monkeypatch.setattr(tracking, "BACKOFF_MAX", 0.1)
+    monkeypatch.setattr(tracking, "END_RETRY", 0.05)
+    monkeypatch.setattr(tracking, "END_WAIT", 1.0)
+
+
+def test_a_failing_tracker_warns_and_the_run_is_unchanged(run, tmp_path, offline, monkeypatch, quick_retries):
+    """The disk under MLflow's store fills up once the run has started: a warning when it first
+    fails, retries in the background, one warning at the end saying what did not arrive, and
     metrics.csv, result.csv and the checkpoints are those of the same run without it."""
     needs("mlflow")
     from rnnlm.tracking.mlflow import MlflowRun
@@ -269,25 +282,194 @@ def test_a_failing_tracker_warns_once_and_the_run_is_unchanged(run, tmp_path, of
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(MlflowRun, "log_values", disk_full)
+    monkeypatch.setattr(MlflowRun, "log_many", disk_full)
     run_dir = tmp_path / "run"
     assert train("logger=mlflow", f"logger.mlflow.tracking_uri={mlflow_uri(tmp_path)}", f"hydra.run.dir={run_dir}") == 0
     warnings = warnings_logged(run_dir)
-    assert len(warnings) == 1 and "logger=mlflow" in warnings[0] and "No space left" in warnings[0]
+    assert len(warnings) == 2, warnings
+    assert "logger=mlflow logging failed" in warnings[0] and "No space left" in warnings[0]
+    assert "retrying in the background" in warnings[0]
+    assert "records left undelivered, with the run's end (status completed)" in warnings[1]
+    assert "may still show RUNNING" in warnings[1]
     strip = lambda row: {k: v for k, v in row.items() if k not in TIMING and k != "overrides"}  # noqa: E731
     assert [strip(r) for r in metrics(run_dir)] == [strip(r) for r in metrics(run)]
     assert strip(result(run_dir)) == strip(result(run))
     assert (run_dir / "checkpoints" / "best.pt").read_bytes() == (run / "checkpoints" / "best.pt").read_bytes()
 
 
-def test_an_unreachable_tracking_server_warns_once_and_training_goes_on(tmp_path, offline):
+def test_an_unreachable_tracking_server_is_retried_and_training_goes_on(tmp_path, offline, quick_retries):
     needs("mlflow")
     run_dir = tmp_path / "run"
     assert train("trainer.max_epochs=1", "logger=mlflow", "logger.mlflow.tracking_uri=http://127.0.0.1:9",
                  f"hydra.run.dir={run_dir}") == 0
     warnings = warnings_logged(run_dir)
-    assert len(warnings) == 1 and "logger=mlflow start failed" in warnings[0]
+    assert len(warnings) == 2, warnings
+    assert "logger=mlflow start failed" in warnings[0] and "retrying in the background" in warnings[0]
+    assert "its start and" in warnings[1] and "records left undelivered" in warnings[1]
     assert result(run_dir)["status"] == "completed" and not (run_dir / "tracking.json").exists()
+
+
+def test_mlflow_outages_are_retried_and_the_run_ends_finished_with_every_point(tmp_path, offline, monkeypatch,
+                                                                               quick_retries):
+    """The tracking store fails a few calls (a server error, a locked database): the calls are
+    retried, nothing is lost or doubled, and the run ends FINISHED."""
+    needs("mlflow")
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    real, calls = MlflowClient.log_batch, {"n": 0}
+
+    def flaky(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] in (2, 3, 4, 7):
+            raise MlflowException("API request failed: 503 Service Unavailable", error_code="TEMPORARILY_UNAVAILABLE")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", flaky)
+    run_dir = tmp_path / "run"
+    assert train("logger=mlflow", f"logger.mlflow.tracking_uri={mlflow_uri(tmp_path)}", f"hydra.run.dir={run_dir}") == 0
+    client, mlrun = mlflow_run(run_dir)
+    assert mlrun.info.status == "FINISHED" and mlrun.data.tags["status"] == "completed"
+    history = sorted((m.step, m.value) for m in client.get_metric_history(mlrun.info.run_id, "val_ppl"))
+    assert history == [(int(r["epoch"]), pytest.approx(float(r["val_ppl"]))) for r in metrics(run_dir)]
+    steps = [m.step for m in client.get_metric_history(mlrun.info.run_id, "progress/train_loss")]
+    assert len(steps) >= 4 and len(set(steps)) == len(steps)  # every point once
+    warnings = warnings_logged(run_dir)
+    assert len(warnings) == 1 and "503 Service Unavailable" in warnings[0]
+
+
+@pytest.mark.parametrize("status,expected", [("completed", "FINISHED"), ("pruned", "FINISHED"),
+                                             ("interrupted", "KILLED"), ("diverged", "FAILED"), ("failed", "FAILED")])
+def test_the_mlflow_run_ends_with_the_runs_true_status(status, expected, tmp_path, offline):
+    needs("mlflow")
+    from mlflow import MlflowClient
+
+    from rnnlm.tracking import Tracking
+    from rnnlm.tracking.config import LoggerConfig, MlflowConfig
+
+    cfg = LoggerConfig(mlflow=MlflowConfig(tracking_uri=mlflow_uri(tmp_path)))
+    tracking = Tracking(cfg, tmp_path, name="run")
+    tracking.start({"seed": 1})
+    tracking.end({"status": status, "stop_reason": status, "test_ppl": 3.0}, [])
+    mlrun = MlflowClient(mlflow_uri(tmp_path)).get_run(state(tmp_path)["mlflow"]["run_id"])
+    assert mlrun.info.status == expected and mlrun.data.tags["status"] == status
+
+
+# ------------------------------------------------------------------------ a resumed run after a crash
+@pytest.fixture()
+def crash_in_epoch_2(monkeypatch):
+    """The process dies in epoch 2 without saving (as after kill -9 or a node failure): the
+    checkpoint is epoch 1's, and epoch 2's progress points before the crash were logged."""
+    import itertools
+
+    import rnnlm.training.trainer as trainer_module
+
+    real, calls = trainer_module.get_batch, itertools.count(1)
+
+    class Crash(BaseException):  # not an Exception: nothing in the run catches it, as with kill -9
+        pass
+
+    def crashing(*args, **kwargs):
+        if next(calls) == 12 + 9:
+            raise Crash
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "get_batch", crashing)
+    return Crash
+
+
+def test_a_run_resumed_after_a_crash_replaces_its_tensorboard_progress_points(run, tmp_path, offline, monkeypatch,
+                                                                             crash_in_epoch_2):
+    """TensorBoard's purge_step at the checkpoint's tokens: the killed process's points past
+    it are hidden, each curve is that of the training the run kept, as without the crash."""
+    needs("tensorboard")
+    run_dir = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr("rnnlm.tracking.END_WAIT", 5.0)
+        loggers = ["logger=[tensorboard,mlflow]", f"logger.mlflow.tracking_uri={mlflow_uri(tmp_path)}"] \
+            if "mlflow" in TRACKERS else ["logger=tensorboard"]
+        with pytest.raises(crash_in_epoch_2):
+            train(*loggers, f"hydra.run.dir={run_dir}")
+    log_dir = state(run_dir)["tensorboard"]["dir"]
+    epoch1 = int(metrics(run_dir)[0]["train_tokens"])
+    deadline = time.monotonic() + 10  # the crashed process's tracker thread may still be writing
+    while not any(step > epoch1 for step, _ in tensorboard_scalars(log_dir).get("progress/train_loss", [])):
+        assert time.monotonic() < deadline, "the crashed epoch's progress points were never logged"
+        time.sleep(0.1)
+    monkeypatch.undo()
+    assert rnnlm_main(["train", f"resume={run_dir}"]) == 0
+    scalars = tensorboard_scalars(log_dir)
+    reference = tensorboard_scalars(state(run)["tensorboard"]["dir"])
+    steps = [step for step, _ in scalars["progress/train_loss"]]
+    assert steps == sorted(set(steps))  # no step twice
+    expected = reference["progress/train_loss"]
+    assert scalars["progress/train_loss"] == [(s, pytest.approx(v, rel=1e-5)) for s, v in expected]
+    assert [s for s, _ in scalars["val_ppl"]] == [1, 2]
+    if "mlflow" in TRACKERS:
+        _, mlrun = mlflow_run(run_dir)
+        assert mlrun.data.tags["rnnlm.resumed_at_tokens"] == str(epoch1) and mlrun.info.status == "FINISHED"
+
+
+# ------------------------------------------------------------------------ configuration errors
+@pytest.mark.parametrize("env,overrides,message", [
+    ({"MLFLOW_TRACKING_URI": "file:./mlruns"}, ["logger=mlflow"],
+     "MLFLOW_TRACKING_URI=file:./mlruns is a file store, which MLflow 3 refuses: set MLFLOW_ALLOW_FILE_STORE=true, "
+     "or use a database, e.g. logger.mlflow.tracking_uri=sqlite:///mlruns.db"),
+    ({}, ["logger=mlflow", "logger.mlflow.tracking_uri=./mlruns"], "is a file store, which MLflow 3 refuses"),
+    ({}, ["logger=mlflow", "logger.mlflow.tracking_uri=htp://127.0.0.1:5000"],
+     "MLflow has no tracking store for 'htp:' URIs"),
+    ({}, ["logger=mlflow", "logger.mlflow.tracking_uri=sqlite:///no/such/dir/m.db"], "does not exist"),
+    ({"WANDB_MODE": "online"}, ["logger=wandb"], "no W&B API key is set up: run `wandb login`"),
+    ({}, ["logger=wandb", "logger.wandb.project="], "logger.wandb.project is empty"),
+    ({}, ["logger=tensorboard", "logger.tensorboard.dir=README.md"], "is a file, not a directory"),
+])
+def test_a_trackers_configuration_error_is_one_line_exit_2_and_nothing_written(env, overrides, message, tmp_path,
+                                                                               monkeypatch, capsys):
+    name = overrides[0].split("=")[1]
+    needs(name)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "README.md").write_text("a file\n")
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc, no W&B settings
+    for key in ("MLFLOW_ALLOW_FILE_STORE", "MLFLOW_TRACKING_URI", "WANDB_API_KEY", "WANDB_MODE", "NETRC",
+                "WANDB_CONFIG_DIR", "WANDB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    for argv in (["train", *RUN, *overrides, "hydra.run.dir=run"],
+                 ["train", "-m", *RUN, "seed=1,2", *overrides, "hydra.sweep.dir=sweep"]):
+        assert rnnlm_main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("rnnlm: error: ") and err.count("\n") == 1 and message in err, err
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md"]  # nothing written
+
+
+def test_a_reachable_configuration_passes_the_check(tmp_path, monkeypatch):
+    """The checks refuse only what can never work: an http URI is not contacted, offline W&B
+    needs no key, MLflow's file store is allowed with MLFLOW_ALLOW_FILE_STORE=true."""
+    from rnnlm.config import ConfigError
+    from rnnlm.tracking import check
+    from rnnlm.tracking.config import LoggerConfig, MlflowConfig, TensorBoardConfig, WandbConfig
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    for key in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_CONFIG_DIR", "WANDB_DIR", "NETRC"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    for uri in ("http://127.0.0.1:9", f"sqlite:///{tmp_path}/m.db", f"file://{tmp_path}/mlruns"):
+        check(LoggerConfig(mlflow=MlflowConfig(tracking_uri=uri)) if "mlflow" in TRACKERS else LoggerConfig())
+    if "wandb" in TRACKERS:
+        check(LoggerConfig(wandb=WandbConfig(mode="offline")))
+        settings = tmp_path / ".config" / "wandb" / "settings"  # what `wandb offline` leaves
+        settings.parent.mkdir(parents=True)
+        settings.write_text("[default]\nmode = offline\n")
+        check(LoggerConfig(wandb=WandbConfig()))
+        settings.unlink()
+        with pytest.raises(ConfigError, match="no W&B API key"):
+            check(LoggerConfig(wandb=WandbConfig()))
+        monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+        check(LoggerConfig(wandb=WandbConfig(mode="online")))
+    if "tensorboard" in TRACKERS:
+        check(LoggerConfig(tensorboard=TensorBoardConfig(dir=str(tmp_path / "new" / "tb"))))
 
 
 def test_a_missing_extra_is_refused_before_the_run_starts(tmp_path, monkeypatch, capsys):
@@ -299,3 +481,142 @@ def test_a_missing_extra_is_refused_before_the_run_starts(tmp_path, monkeypatch,
     assert err == ('rnnlm: error: logger=wandb needs the wandb package, which is not installed: '
                    'pip install "rnnlm[wandb]"\n')
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------ never on the training thread
+class FakeTracker:
+    """A tracker whose calls take ``delay`` seconds, fail while ``down`` is set (a connection
+    error), and refuse values marked ``bad`` (a ValueError); it records what it got."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        import threading
+
+        self.delay, self.got, self.down = delay, [], threading.Event()
+
+    def state(self):
+        return {"id": "fake"}
+
+    def opened(self):
+        """Open the tracker's run: fails while down, as connecting to a server would."""
+        self._call("open")
+        self.got.remove(("open",))
+        return self
+
+    def _call(self, *record):
+        time.sleep(self.delay)
+        if self.down.is_set():
+            raise ConnectionRefusedError(111, "Connection refused")
+        self.got.append(record)
+
+    def start(self, params, resumed):
+        self._call("start", resumed)
+
+    def log_values(self, values, step_key, step):
+        if values.get("bad"):
+            raise ValueError("a value the tracker does not take")
+        self._call(step_key, step)
+
+    def log_result(self, figures, status):
+        self._call("result", status["status"])
+
+    def close(self, status):
+        self._call("close", status)
+
+
+@pytest.fixture()
+def fake(monkeypatch, tmp_path):
+    """Tracking of one fake tracker (in the tensorboard slot) in tmp_path: (Tracking, FakeTracker)."""
+    import rnnlm.tracking as tracking
+    from rnnlm.tracking.config import LoggerConfig, TensorBoardConfig
+
+    def make(delay: float = 0.0, down: bool = False):
+        tracker = FakeTracker(delay)
+        if down:
+            tracker.down.set()
+        monkeypatch.setattr(tracking, "_open", lambda *args, **kwargs: tracker.opened())
+        return tracking.Tracking(LoggerConfig(tensorboard=TensorBoardConfig()), tmp_path, name="run"), tracker
+
+    return make
+
+
+def timed(call, *args, **kwargs) -> float:
+    start = time.perf_counter()
+    call(*args, **kwargs)
+    return time.perf_counter() - start
+
+
+def test_a_slow_tracker_never_slows_the_training_thread_and_gets_everything_in_order(fake):
+    """Each call takes the tracker 0.3 s (a slow server); the run's calls return in under a
+    tenth of that (they only queue), and after end() every record has arrived, in order, once."""
+    sleep = 0.3
+    tracking, tracker = fake(delay=sleep)
+    durations = [timed(tracking.start, {"seed": 1})]
+    for epoch in (1, 2):
+        for i in range(2):
+            durations.append(timed(tracking.progress, tokens=100 * epoch + i, train_loss=3.0, tokens_per_second=9.0))
+        durations.append(timed(tracking.epoch, {"epoch": epoch, "val_ppl": 20.0}))
+    assert max(durations) < 0.1 * sleep, durations
+    tracking.end({"status": "completed", "stop_reason": "max_epochs"}, [])
+    assert tracker.got == [("start", False),
+                           *[("progress/tokens", 100 + i) for i in range(2)], ("epoch", 1),
+                           *[("progress/tokens", 200 + i) for i in range(2)], ("epoch", 2),
+                           ("result", "completed"), ("close", "completed")]
+
+
+def test_an_outage_is_retried_with_back_off_and_nothing_is_lost(fake, quick_retries, caplog):
+    caplog.set_level("INFO", "rnnlm.tracking")
+    tracking, tracker = fake(down=True)  # unreachable from the start
+    tracking.start({"seed": 1})
+    for i in range(5):
+        tracking.progress(tokens=i, train_loss=3.0, tokens_per_second=9.0)
+    time.sleep(0.3)  # a few tries fail meanwhile
+    assert tracker.got == [] and tracking.trackers == {}
+    tracker.down.clear()  # the server is back
+    tracking.epoch({"epoch": 1, "val_ppl": 20.0})
+    tracking.end({"status": "interrupted", "stop_reason": "interrupted_train"}, [])
+    assert tracker.got == [("start", False), *[("progress/tokens", i) for i in range(5)], ("epoch", 1),
+                           ("result", "interrupted"), ("close", "interrupted")]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "start failed" in warnings[0] and "Connection refused" in warnings[0]
+    assert any("reached again" in r.getMessage() for r in caplog.records)
+
+
+def test_a_full_queue_drops_the_oldest_progress_points_and_says_so(fake, quick_retries, monkeypatch, caplog):
+    monkeypatch.setattr("rnnlm.tracking.QUEUE_LIMIT", 6)
+    tracking, tracker = fake(down=True)
+    tracking.start({"seed": 1})
+    for i in range(10):
+        tracking.progress(tokens=i, train_loss=3.0, tokens_per_second=9.0)
+    tracking.epoch({"epoch": 1, "val_ppl": 20.0})
+    tracker.down.clear()
+    tracking.end({"status": "completed", "stop_reason": "max_epochs"}, [])
+    # 6 epoch and progress records fit: the epoch and the newest 5 progress points; start, result
+    # and close are never dropped
+    assert tracker.got == [("start", False), *[("progress/tokens", i) for i in range(5, 10)], ("epoch", 1),
+                           ("result", "completed"), ("close", "completed")]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "5 dropped while the queue was full" in warnings[-1] and "CSV files have every epoch" in warnings[-1]
+
+
+def test_the_end_waits_for_a_dead_tracker_at_most_END_WAIT(fake, quick_retries, caplog):
+    tracking, tracker = fake(down=True)
+    tracking.start({"seed": 1})
+    tracking.epoch({"epoch": 1, "val_ppl": 20.0})
+    seconds = timed(tracking.end, {"status": "completed", "stop_reason": "max_epochs"}, [])
+    assert 1.0 <= seconds < 3.0  # END_WAIT is 1 s here, plus a try in flight
+    warning = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"][-1]
+    assert "its start and 4 records left undelivered, with the run's end (status completed)" in warning
+    tracker.down.clear()
+    time.sleep(0.3)
+    assert tracker.got == []  # abandoned: nothing arrives late, into a later run of the same process
+
+
+def test_a_refused_record_is_left_out_and_the_next_ones_are_sent(fake, caplog):
+    tracking, tracker = fake()
+    tracking.start({"seed": 1})
+    tracking.epoch({"epoch": 1, "val_ppl": 20.0, "bad": 1.0})
+    tracking.epoch({"epoch": 2, "val_ppl": 19.0})
+    tracking.end({"status": "completed", "stop_reason": "max_epochs"}, [])
+    assert tracker.got == [("start", False), ("epoch", 2), ("result", "completed"), ("close", "completed")]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2 and "refused a record" in warnings[0] and "1 refused" in warnings[1]

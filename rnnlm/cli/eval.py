@@ -55,10 +55,13 @@ RUN_DIR/eval.csv and printed. Keys (default in brackets):
   precision=fp32|tf32|bf16|fp16  arithmetic of the forward passes [the run's
                          precision]; fp16 needs CUDA
   data=DIR               the run's corpus files, if they moved [run's dataset.path]
+  progress=true|false    show how far MC scoring is, with an ETA: a bar on a
+                         terminal, a line per tenth otherwise (stderr) [true]
 
   mc.samples=S           MC predictions per token [run's eval.mc_samples, else
                          2000 as Gal]. Cost: S x the arithmetic of a standard
-                         evaluation, in ceil(S / C) sequential passes
+                         evaluation, in ceil(S / C) sequential passes; its
+                         throughput is in token-samples/s (tokens x S per second)
   mc.columns=C           copies of the stream read side by side in a pass, each
                          with its own masks [run's eval.mc_columns, else 20]
   mc.seed=N [run's seed]  mc.word_dropout=true|false [run's eval.mc_word_dropout]
@@ -148,6 +151,7 @@ KEYS: dict[str, Callable[[str], Any]] = {
     "threads": _int,
     "precision": _choice(*(p.value for p in Precision)),
     "data": str,
+    "progress": _bool,
     "mc.samples": _int,
     "mc.columns": _int,
     "mc.seed": _int,
@@ -229,6 +233,7 @@ def build_plan(run, keys: dict[str, Any]) -> Plan:
         batch_size=keys.get("batch_size"), bptt=keys.get("bptt"), mc=mc, pointer=pointer, dynamic=dynamic,
         dynamic_bptt=keys.get("dynamic.bptt", 5), stats_batches=keys.get("dynamic.stats_batches"),
         stats_batch_size=keys.get("dynamic.stats_batch_size", 100),
+        progress=keys.get("progress", True),
     )
 
 
@@ -244,9 +249,11 @@ def _line(row: dict[str, Any]) -> str:
     what = row["split"] if row["split"] != "file" else f"file {row['file']}"
     extra = f"  {row['oov_words']} words -> <unk>" if row["split"] == "file" else ""
     setup = f" (+{row['setup_seconds']:.1f} s statistics)" if row.get("setup_seconds") else ""
+    samples = (f" ({row['token_samples_per_second']} token-samples/s, {row['mc.samples']} per token)"
+               if row.get("token_samples_per_second") is not None else "")
     return (f"{row['method']:<9} {what:<6} ppl {row['ppl']:10.3f}  loss {row['loss']:.4f}  "
             f"{row['tokens']} tokens  batch {row['batch_size']}  {row['seconds']:.1f} s{setup}  "
-            f"{row['tokens_per_second']} tok/s{extra}")
+            f"{row['tokens_per_second']} tok/s{samples}{extra}")
 
 
 def eval_command(argv: list[str]) -> int:

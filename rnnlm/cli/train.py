@@ -15,6 +15,13 @@ Then the job claims its directory (:mod:`rnnlm.rundir`) and only then writes
 ``.hydra/`` (Hydra's own copy is switched off, ``hydra.output_subdir: null``) and
 its log file, so two runs never write into one directory.
 
+A sweep whose jobs run in worker processes (``hydra/launcher=joblib``) stops as a whole:
+its parent, signalled (SIGINT, SIGTERM, SIGUSR2), writes the sweep's stop file
+(:class:`SweepStop`), every job watches it and saves and ends interrupted, a job that has
+not started does not, and each job ends only once no other job of the sweep still holds
+its directory (:func:`wait_for_other_jobs`), since joblib kills the other workers as soon
+as one job ends with an error.
+
 The task function returns the best validation perplexity: the objective of an
 optimising sweeper (``sweep=optuna_dropout``, ``hydra/sweeper=rnnlm_optuna``), whose pruner, if
 any, hears of every epoch through ``stop_early``.
@@ -24,12 +31,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import fcntl
 import json
 import logging
 import math
 import os
 import secrets
+import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -49,10 +59,12 @@ from ..atomic import WriteError, atomic_write_text
 from ..config import ConfigError, RunConfig
 from ..data import DataError, load_dataset
 from ..run import check_batch_sizes, train
-from ..rundir import ClaimError
+from ..rundir import CLAIM, ClaimError
 from ..runtime import resolve_device, sweep_device
-from ..tracking import missing_extra
+from ..tracking import check as check_trackers
+from ..tracking.config import LoggerConfig
 from ..training import CheckpointError
+from ..training.signals import SIGNALS, STOP_FILE, request_stop, stop_requested, watch_stop_file
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, describe, fail
 from .resume import (AUTO, HYDRA_DIR, NAMED, RESUME_ENV, RunFinished, claim_run_dir, keep_saved_budget,
                      named_resume_argv, override_key)
@@ -86,6 +98,114 @@ class JobRefused(Exception):
 
 class JobFailed(Exception):
     """A run that stopped on a failed write; it can be resumed."""
+
+
+class SweepStopped(Exception):
+    """A job of a sweep that was asked to stop before the job claimed its directory."""
+
+
+# How long an interrupted job of a sweep waits for the sweep's other jobs to save and let go
+# of their directories before it ends (and joblib kills the workers that are still busy).
+OTHER_JOBS_WAIT = 600.0
+
+
+def launches_workers(launcher: Any) -> bool:
+    """Whether a sweep's launcher runs its jobs in local worker processes that the parent
+    kills when one job ends with an error: Hydra's joblib launcher (loky workers)."""
+    target = str(launcher.get("_target_", "")) if launcher is not None else ""
+    return "joblib" in target
+
+
+def claim_held(path: Path) -> bool:
+    """Whether a live process holds the claim file ``path`` (its flock); False where the file
+    system has no flock, since a claim cannot be told held there."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return False
+
+
+def wait_for_other_jobs(sweep_dir: Path, run_dir: Path, timeout: float | None = None) -> None:
+    """Wait (at most ``timeout`` s, default OTHER_JOBS_WAIT) until no other job directory of
+    the sweep is held by a live job: every job stopping with this one has saved its
+    checkpoint and result. Under joblib the first job to end with an error makes the parent
+    kill every other worker, so an interrupted job ends only after the others have saved."""
+    timeout = OTHER_JOBS_WAIT if timeout is None else timeout
+    try:
+        depth = len(Path(run_dir).resolve().relative_to(Path(sweep_dir).resolve()).parts)
+    except ValueError:
+        return  # a job directory outside the sweep directory: nothing to look at
+    pattern = "/".join(["*"] * max(depth, 1) + [CLAIM])
+    own = Path(run_dir).resolve()
+    deadline, said = time.monotonic() + timeout, False
+    while True:
+        held = [p.parent for p in Path(sweep_dir).glob(pattern) if p.parent.resolve() != own and claim_held(p)]
+        if not held:
+            return
+        if time.monotonic() >= deadline:
+            log.warning("%d other jobs of the sweep still hold their directories after %.0f s (e.g. %s); ending "
+                        "anyway: a job that is killed now resumes from its last checkpoint", len(held), timeout,
+                        held[0])
+            return
+        if not said:
+            said = True
+            log.info("waiting for %d other jobs of the sweep to save (e.g. %s)", len(held), held[0])
+        time.sleep(0.25)
+
+
+class SweepStop:
+    """The signal handlers of a sweep's parent under a launcher of worker processes: the
+    first SIGINT, SIGTERM or SIGUSR2 writes the sweep's stop file, which every job watches
+    (:func:`~rnnlm.training.signals.watch_stop_file`), and the parent waits for the jobs'
+    ends as usual; a second SIGINT stops the parent at once (joblib then kills the
+    workers). Without it the parent dies at SIGTERM and its workers train on, and at SIGINT
+    it kills its workers while they save."""
+
+    def __init__(self, sweep_dir: Path) -> None:
+        self.path = Path(sweep_dir) / STOP_FILE
+        self.received: list[int] = []
+        self.previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in SIGNALS}
+
+    def _handle(self, signum: int, frame: Any) -> None:  # noqa: ARG002
+        if self.received and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        first = not self.received
+        self.received.append(signum)
+        if not first:
+            return
+        name = signal.Signals(signum).name
+        try:
+            request_stop(self.path, signum)
+        except OSError as exc:
+            log.error("%s: cannot write %s (%s), so the sweep's jobs cannot be told to stop; signal them "
+                      "yourself", name, self.path, exc.strerror or exc)
+            return
+        log.warning("%s: stopping the sweep: every job saves a checkpoint and ends interrupted; the same "
+                    "command with resume=auto continues it", name)
+
+    def restore(self) -> None:
+        """The handlers as before; a signal received is passed on to the handler before."""
+        for sig, old in self.previous.items():
+            signal.signal(sig, old)
+        if self.received:
+            handler = self.previous.get(self.received[0])
+            if callable(handler) and handler is not signal.default_int_handler:
+                handler(self.received[0], None)
+
+
+_sweep_stop: list[SweepStop] = []  # the parent's handlers while a sweep runs (restored by train_command)
 
 
 def unknown_keys(cfg: DictConfig, schema: DictConfig | None = None, prefix: str = "") -> list[str]:
@@ -133,8 +253,7 @@ def validate(task_cfg: DictConfig) -> RunConfig:
     except OmegaConfBaseException as exc:
         raise ConfigError(describe(exc)) from None
     resolve_device(cfg.device)
-    if missing := missing_extra(cfg.logger):
-        raise ConfigError(missing)
+    check_trackers(cfg.logger)  # a tracker's configuration error, before anything is written
     ds = cfg.dataset
     key = (ds.name, ds.path, ds.cache_dir, ds.train_tokens, ds.closed_vocab, ds.batch_size, ds.eval_batch_size, ds.test_batch_size)
     if key not in _checked_data:  # a single run is checked twice: by Guard, then by the job
@@ -192,14 +311,27 @@ class Guard(Callback):
         Guard.started = True
         sweep = Path(str(config.hydra.sweep.dir))
         _new_sweep_dirs[:] = [p for p in (sweep, *sweep.parents) if not p.exists()]
-        if config.hydra.job.env_set.get(RESUME_ENV) == AUTO:
-            return  # resuming the jobs of this sweep is what was asked for
-        taken = sorted(p.parent for p in sweep.glob("**/result.csv")) if sweep.is_dir() else []
-        if taken:
-            raise SystemExit(fail(
-                f"hydra.sweep.dir={sweep} already holds runs (e.g. {taken[0]}); choose a new "
-                f"hydra.sweep.dir, or add resume=auto to continue its interrupted jobs"
-            ))
+        try:  # the trackers every job shares (a swept logger is checked by each job)
+            logger = OmegaConf.to_object(config.logger)
+            if isinstance(logger, LoggerConfig):
+                check_trackers(logger)
+        except ConfigError as exc:
+            raise SystemExit(fail(str(exc))) from None
+        except (OmegaConfBaseException, ValueError):
+            pass  # each job checks its own config and says what is wrong
+        if config.hydra.job.env_set.get(RESUME_ENV) != AUTO:  # with resume=auto, continuing its jobs is asked for
+            taken = sorted(p.parent for p in sweep.glob("**/result.csv")) if sweep.is_dir() else []
+            if taken:
+                raise SystemExit(fail(
+                    f"hydra.sweep.dir={sweep} already holds runs (e.g. {taken[0]}); choose a new "
+                    f"hydra.sweep.dir, or add resume=auto to continue its interrupted jobs"
+                ))
+        with contextlib.suppress(OSError):
+            (sweep / STOP_FILE).unlink()  # an earlier stop of this sweep, now continued
+        if launches_workers(config.hydra.get("launcher")) and not _sweep_stop:
+            stop = SweepStop(sweep)
+            stop.install()
+            _sweep_stop.append(stop)
 
 
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")
@@ -209,10 +341,15 @@ def hydra_train(dcfg: DictConfig) -> float:
     single_run = hc.mode == RunMode.RUN
     overrides = list(hc.overrides.task)
     how = os.environ.get(RESUME_ENV) or None  # AUTO, NAMED or None
+    # A sweep in worker processes stops as a whole: every job watches the sweep's stop file.
+    sweep_dir = None if single_run else Path(str(hc.sweep.dir))
+    stop_file = sweep_dir / STOP_FILE if sweep_dir is not None and launches_workers(hc.launcher) else None
     try:
         cfg = validate(dcfg)  # before anything is written
         if not single_run:  # job i of a sweep on GPU i mod G, unless pinned
             cfg.device = sweep_device(cfg.device, hc.job.num, torch.cuda.device_count())
+        if stop_file is not None and stop_requested(stop_file):
+            raise SweepStopped(stop_requested(stop_file))
         claim, resume = claim_run_dir(run_dir, cfg, how)
         if how == NAMED:
             keep_saved_budget(cfg, run_dir, overrides)
@@ -221,6 +358,13 @@ def hydra_train(dcfg: DictConfig) -> float:
             raise SystemExit(fail(f"resume={run_dir}: that run already {done.status}; nothing to resume")) from None
         log.info("resume=auto: %s", done)  # a sweep continued with resume=auto passes over its finished jobs
         return done.best
+    except SweepStopped as stopped:
+        with contextlib.suppress(OSError):
+            run_dir.rmdir()  # the empty directory Hydra made: resume=auto starts this job afresh
+        log.warning("job %s not started: the sweep was stopped (%s); the same command with resume=auto runs it",
+                    hc.job.num, stopped)
+        wait_for_other_jobs(sweep_dir, run_dir)
+        raise SystemExit(EXIT_INTERRUPTED) from None
     except (ConfigError, DataError, ClaimError) as exc:
         with contextlib.suppress(OSError):
             run_dir.rmdir()  # the empty directory Hydra made for a refused job (never a non-empty one)
@@ -231,7 +375,8 @@ def hydra_train(dcfg: DictConfig) -> float:
     with claim:
         if not resume:
             save_hydra_files(run_dir / HYDRA_DIR, dcfg, overrides)
-        with log_file(run_dir / f"{hc.job.name}.log"):
+        watching = watch_stop_file(stop_file) if stop_file is not None else contextlib.nullcontext()
+        with log_file(run_dir / f"{hc.job.name}.log"), watching:
             try:
                 # A sweep is one group of tracker runs, named after its directory.
                 group = None if single_run else Path(str(hc.sweep.dir)).name
@@ -248,6 +393,11 @@ def hydra_train(dcfg: DictConfig) -> float:
                     raise SystemExit(fail(message, 1)) from None
                 raise JobFailed(f"job {hc.job.num}: {message}") from None
     if result["status"] == "interrupted":
+        if stop_file is not None:
+            if not stop_requested(stop_file):  # this job alone was signalled: its end ends the sweep, so stop all
+                with contextlib.suppress(OSError):
+                    request_stop(stop_file, signal.SIGTERM)
+            wait_for_other_jobs(sweep_dir, run_dir)  # before joblib, seeing this job's end, kills the others
         raise SystemExit(EXIT_INTERRUPTED)  # also ends a sweep: the user or scheduler asked to stop
     if result["status"] == "diverged" and single_run:
         raise SystemExit(fail("training diverged (NaN/inf loss); lower optim.lr or raise optim.clip", 1))
@@ -310,6 +460,7 @@ def train_command(argv: list[str]) -> int:
     _checked_data.clear()
     Guard.started = False
     _new_sweep_dirs.clear()
+    _sweep_stop.clear()
     logging.getLogger("alembic").setLevel(logging.WARNING)  # optuna's import chatter
     # Hydra re-raises instead of printing a traceback, so every error becomes one line here.
     saved = os.environ.get("HYDRA_FULL_ERROR")
@@ -337,6 +488,8 @@ def train_command(argv: list[str]) -> int:
     finally:
         root.handlers[:] = handlers  # for callers in the same process (tests)
         root.setLevel(level)
+        while _sweep_stop:
+            _sweep_stop.pop().restore()
         if saved is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:

@@ -30,7 +30,8 @@ EVAL_COLUMNS = (
     "tokens",  # target tokens scored
     "oov_words",  # words of the file mapped to <unk> (0 for valid/test)
     "seconds",  # wall time of the scoring pass
-    "tokens_per_second",
+    "tokens_per_second",  # target tokens scored per second of the pass (mc: stream tokens, whatever mc.samples)
+    "token_samples_per_second",  # mc: predictions per second, tokens x mc.samples / seconds (empty otherwise)
     "setup_seconds",  # one-off work before scoring (dynamic rms: gradient statistics)
     "batch_size",  # streams the split was cut into (batchify)
     "bptt",  # segment length (dynamic: tokens per update)

@@ -25,6 +25,7 @@ from ..data import batchify
 from ..runtime import provenance
 from ..training import evaluate, evaluate_mc
 from ..training.evaluate import GAL_MC_SAMPLES
+from ..training.progress import WorkProgress
 from .dynamic import DynamicSettings, GradientStats, evaluate_dynamic, gradient_statistics
 from .pointer import PointerSettings, evaluate_pointer
 from .runs import LoadedRun, RunError, encode_text
@@ -65,6 +66,7 @@ class Plan:
     dynamic_bptt: int = 5
     stats_batches: Optional[int] = None  # None: the whole training split
     stats_batch_size: int = 100
+    progress: bool = True  # a bar (terminal) or lines (elsewhere) while MC scores; stderr
 
 
 @dataclass
@@ -175,8 +177,17 @@ class Evaluator:
             score = Score(evaluate(run.model, data, bptt), data[1:].numel())
         elif method == "mc":
             extra = {"word_dropout": True} if mc.word_dropout else {}  # the keyword only when it matters
-            loss = evaluate_mc(run.model, data, bptt, samples=mc.samples, columns=mc.columns, seed=mc.seed, **extra)
-            score = Score(loss, data[1:].numel())
+            targets = data[1:].numel()
+            passes = -(-mc.samples // mc.columns)
+            bar = WorkProgress(f"mc {stream.name}", mc.samples, "samples", targets, "token-samples",
+                               enabled=plan.progress,
+                               detail=f", {passes} passes of up to {mc.columns} columns")
+            try:
+                loss = evaluate_mc(run.model, data, bptt, samples=mc.samples, columns=mc.columns, seed=mc.seed,
+                                   progress=bar.update if plan.progress else None, **extra)
+            finally:
+                bar.close()
+            score = Score(loss, targets)
         elif method == "pointer":
             score = evaluate_pointer(run.model, data, bptt, pointer)
         elif method == "dynamic":
@@ -190,6 +201,9 @@ class Evaluator:
             "checkpoint": run.checkpoint, "loss": score.loss, "ppl": score.ppl, "tokens": score.tokens,
             "oov_words": stream.oov, "seconds": round(seconds, 3),
             "tokens_per_second": round(score.tokens / seconds, 1) if seconds > 0 else None,
+            # MC predicts each token mc.samples times: the work done per second
+            "token_samples_per_second": (round(score.tokens * mc.samples / seconds, 1)
+                                         if method == "mc" and seconds > 0 else None),
             "setup_seconds": round(setup, 3) if setup else None, "batch_size": size, "bptt": bptt,
             "dataset": run.cfg.dataset.name, "device": str(run.device), "torch_version": torch.__version__,
             **_provenance(),

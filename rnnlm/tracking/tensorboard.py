@@ -6,6 +6,18 @@ under its overrides. The config is a markdown table (TEXT tab) at the start; at 
 the config and the result figures are one HParams session (``add_hparams``), so the HPARAMS
 tab compares the jobs of a sweep side by side. A resumed run appends to the same
 directory.
+
+A resumed run opens its writer with ``purge_step`` at the training tokens of the checkpoint
+it continues from: TensorBoard then hides every event of that directory logged before, at
+that step or later. After a hard kill (``kill -9``, a node failure) that is the killed
+process's progress points past the checkpoint, which the resumed run logs again, so each
+curve shows the training the run actually kept. The purge applies to all tags, whatever
+their axis; the other axes (``epoch``, ``eval/row``, the config at 0) stay far below any
+token count and are kept. A run that starts afresh in a directory that had a tracker run
+purges from 0. The purge is a ``SessionLog.START`` event that the reader applies:
+TensorBoard's Python loader does (``tensorboard --load_fast=false``, ``EventAccumulator``,
+which the tests read with); the Rust data server that ``--load_fast=auto`` may pick is not
+checked here, and other readers of the event files may show both.
 """
 
 from __future__ import annotations
@@ -24,9 +36,10 @@ def safe_name(name: str) -> str:
 
 
 class TensorBoardRun:
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, purge_step: int | None = None) -> None:
         self.log_dir = log_dir
-        self.writer = SummaryWriter(log_dir=str(log_dir))
+        self.purge_step = purge_step
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
         self.params: dict[str, Any] = {}
 
     def state(self) -> dict[str, Any]:
@@ -34,7 +47,7 @@ class TensorBoardRun:
 
     def start(self, params: Mapping[str, Any], resumed: bool) -> None:
         self.params = dict(params)
-        if resumed:
+        if resumed and self.purge_step != 0:  # from 0, the purge hides the first table too
             return
         table = "\n".join(["| key | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in params.items())])
         self.writer.add_text("config", table, 0)
@@ -58,8 +71,23 @@ class TensorBoardRun:
         self.writer.close()
 
 
-def open_run(cfg: TensorBoardConfig, run_dir: Path, name: str, group: str | None, saved: dict | None) -> TensorBoardRun:
+def check(cfg: TensorBoardConfig) -> None:
+    """``logger.tensorboard.dir`` must be a directory, or a path one can be made at."""
+    from ..config import ConfigError
+
+    if cfg.dir is not None:
+        path = Path(cfg.dir).expanduser()
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"logger.tensorboard.dir={cfg.dir} is a file, not a directory")
+        existing = next((p for p in (path, *path.parents) if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            raise ConfigError(f"logger.tensorboard.dir={cfg.dir}: {existing} is a file, not a directory")
+
+
+def open_run(cfg: TensorBoardConfig, run_dir: Path, name: str, group: str | None, saved: dict | None,
+             purge_step: int | None = None) -> TensorBoardRun:
     if saved and saved.get("dir"):
-        return TensorBoardRun(Path(saved["dir"]))
+        # A continued run replaces what a killed process logged past its checkpoint.
+        return TensorBoardRun(Path(saved["dir"]), purge_step=purge_step)
     root = Path(cfg.dir) if cfg.dir else Path(run_dir) / "tensorboard"
     return TensorBoardRun(root / safe_name(name))

@@ -12,7 +12,7 @@ validate with batch 20, and print validation under another average (:func:`main_
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -101,7 +101,8 @@ _MC_LOGITS = 1 << 25
 
 @torch.no_grad()
 def evaluate_mc(model: AWDLSTM, data: torch.Tensor, bptt: int, samples: int, *, columns: int,
-                seed: int = 0, word_dropout: bool = False) -> float:
+                seed: int = 0, word_dropout: bool = False,
+                progress: Callable[[int], None] | None = None) -> float:
     """MC-dropout loss (Gal & Ghahramani 2016, arXiv 1512.05287) from ``samples`` stochastic
     predictions per token: ``-mean_n log((1/S) sum_s p_s(target_n))``, S = ``samples``, the
     predictive probabilities averaged (not the losses).
@@ -118,6 +119,10 @@ def evaluate_mc(model: AWDLSTM, data: torch.Tensor, bptt: int, samples: int, *, 
     a pass reads ``(L, B x c)``. The masks come from a generator seeded with ``seed``, so the
     figure is reproducible for a given checkpoint, seed, samples and columns, and the global
     RNG is left as it was. Cost: ``samples`` x the FLOPs of :func:`evaluate`.
+
+    ``progress(n)``, if given, is told after each segment of each pass the ``n``
+    token-samples (targets x columns) it scored, ``(L - 1) x B x samples`` in all; it is
+    called as the segment is queued on the device, without waiting for it.
     """
     model.eval()
     skip = () if word_dropout else (EmbeddingDropout,)
@@ -132,7 +137,15 @@ def evaluate_mc(model: AWDLSTM, data: torch.Tensor, bptt: int, samples: int, *, 
             copies = data.repeat(1, c)  # (L, c * B): copy k holds columns k*B .. k*B + B-1
             seg = max(1, min(bptt, _MC_LOGITS // (c * batch * vocab)))
             with mc_pass(model, skip=skip):
-                log_p = target_log_probs(model, copies, seg).view(rows - 1, c, batch)
+                if progress is None:
+                    log_p = target_log_probs(model, copies, seg)
+                else:  # target_log_probs, told of each segment
+                    parts = []
+                    for out, targets in carried_segments(model, copies, seg):
+                        parts.append(F.log_softmax(out.logits, dim=-1).gather(-1, targets.unsqueeze(-1)).flatten())
+                        progress(targets.numel())
+                    log_p = torch.cat(parts)
+                log_p = log_p.view(rows - 1, c, batch)
             pass_sum = torch.logsumexp(log_p, dim=1).flatten()  # ((L-1) * B,)
             log_sum = pass_sum if log_sum is None else torch.logaddexp(log_sum, pass_sum)
     return -(log_sum - math.log(samples)).mean().item()
