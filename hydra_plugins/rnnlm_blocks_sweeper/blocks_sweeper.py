@@ -190,6 +190,12 @@ class BlocksSweeper(Sweeper):
             if not study.block_finished(block):
                 unfinished = [study.job_index(block, v) for v in range(study.n_variants)
                               if study.status(block, v) not in DONE]
+                stopped = [study.job_index(block, v) for v in range(study.n_variants)
+                           if study.status(block, v) in ("interrupted", None)]
+                if stopped:  # a signal (or a stop of the sweep) ended them: nothing is wrong with the study
+                    log.warning("block %d stopped before it finished (jobs %s); continue the study with the same "
+                                "command and resume=auto", block + 1, ", ".join(map(str, stopped)))
+                    return None
                 raise BlocksError(f"block {block + 1}: job {unfinished[0]} left no completed run in "
                                   f"{study.sweep_dir / str(unfinished[0])}; the study cannot analyse the block")
             empty = study.without_metric(block)
