@@ -7,6 +7,8 @@ its colour in every panel and figure.
 
 from __future__ import annotations
 
+import io
+
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +72,19 @@ def _finish(ax: Axes, log: bool, top: float | None = None) -> None:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    """``fig`` as a PNG of 256 palette colours (Pillow's median cut): a third of the size of
+    matplotlib's RGBA file, for figures that are committed beside a study's runs."""
+    from PIL import Image
+
+    def write(tmp: str) -> None:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=120)
+        buffer.seek(0)
+        with Image.open(buffer) as image:
+            palette = image.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+            palette.save(tmp, format="PNG", optimize=True)
+
+    atomic_write(path, write)
     return path
 
 
