@@ -14,6 +14,7 @@ from eval_helpers import make_run
 from helpers import RNNLM, read_rows
 
 from rnnlm.cli import main as rnnlm_main
+from rnnlm.config import Average, Optimizer, TestWeights
 from rnnlm.data import Vocab
 from rnnlm.evaluation.rows import EVAL_COLUMNS
 from rnnlm.evaluation.runs import RunError, encode_text, load_run, use_asgd_average
@@ -107,6 +108,18 @@ def test_user_file_counts_words_outside_the_vocabulary(fresh, tmp_path, capsys):
 def test_checkpoint_last(fresh, capsys):
     assert rnnlm_main(["eval", str(fresh), "checkpoint=last", "split=valid"]) == 0
     assert read_rows(fresh / "eval.csv")[0]["checkpoint"] == "last"
+
+
+def test_last_checkpoint_of_an_averaging_run_reproduces_its_test_figure(tmp_path, capsys):
+    """trainer.average=uniform with eval.test_weights=last tests the average: rnnlm eval
+    checkpoint=last must load it, not the last iterate."""
+    run_dir = make_run(tmp_path, **{"optim.name": Optimizer.sgd, "trainer.average": Average.uniform,
+                                    "trainer.average_from": 1, "eval.test_weights": TestWeights.last})
+    assert rnnlm_main(["eval", str(run_dir), "checkpoint=last", "method=standard", "split=test"]) == 0, \
+        capsys.readouterr().err
+    (result,) = read_rows(run_dir / "result.csv")
+    (row,) = read_rows(run_dir / "eval.csv")
+    assert float(row["ppl"]) == pytest.approx(float(result["test_ppl"]), rel=1e-6)
 
 
 def test_last_checkpoint_after_asgd_uses_the_averaged_weights():

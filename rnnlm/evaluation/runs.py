@@ -4,8 +4,9 @@ Everything comes from the run directory that ``rnnlm train`` left::
 
     RUN_DIR/.hydra/config.yaml   the composed config (merged into the RunConfig schema)
     RUN_DIR/checkpoints/best.pt  {"model": state_dict}, best by validation
-    RUN_DIR/checkpoints/last.pt  the trainer state of the last epoch; with ASGD the
-                                 averaged iterate is what the run validated and tested
+    RUN_DIR/checkpoints/last.pt  the trainer state of the last epoch; with ASGD, or with
+                                 trainer.average, the averaged weights are what the run
+                                 validated and tested, and what is loaded
 
 The vocabulary is rebuilt from the run's corpus (``load_dataset(cfg.dataset)``:
 ``dataset.path``, else ``$RNNLM_DATA_DIR``, else its Hub source) and must have the
@@ -81,15 +82,19 @@ def resolve_device(name: str) -> torch.device:
         raise RunError(str(exc).rstrip(".")) from None
 
 
-def read_checkpoint(path: Path, device: torch.device) -> tuple[dict[str, torch.Tensor], Optional[dict]]:
-    """The model weights of ``best.pt`` or ``last.pt``, and for ``last.pt`` after the switch
-    to ASGD the optimiser state holding the averaged iterate ``ax`` (else None)."""
+def read_checkpoint(path: Path, device: torch.device) -> tuple[dict[str, torch.Tensor], Optional[dict],
+                                                              Optional[list[torch.Tensor]]]:
+    """The model weights of ``best.pt`` or ``last.pt``; for ``last.pt`` after the switch to
+    ASGD the optimiser state holding the averaged iterate ``ax`` (else None); and for
+    ``last.pt`` of a run with ``trainer.average`` its average, one tensor per parameter in
+    ``model.parameters()`` order, once it holds an iterate (else None)."""
     payload = load_checkpoint(path, device)
     weights = payload.get("model")
     if not isinstance(weights, dict):
         raise CheckpointError(f"{path} holds no model weights")
     asgd = payload.get("optimizer") if payload.get("optimizer_kind") == "asgd" else None
-    return weights, asgd
+    average = payload.get("average") or {}
+    return weights, asgd, average.get("average") if average.get("steps") else None
 
 
 def use_asgd_average(model: AWDLSTM, optimizer_state: dict) -> None:
@@ -122,7 +127,7 @@ def load_run(
     except DataError as exc:
         raise RunError(f"cannot load the run's corpus for its vocabulary: {exc}") from None
     try:
-        weights, asgd = read_checkpoint(path, dev)
+        weights, asgd, average = read_checkpoint(path, dev)
     except CheckpointError as exc:
         raise RunError(str(exc)) from None
     encoder = weights.get("encoder.weight")
@@ -140,6 +145,10 @@ def load_run(
     model.to(dev)
     if asgd is not None:
         use_asgd_average(model, asgd)
+    if average is not None:
+        with torch.no_grad():
+            for p, value in zip(model.parameters(), average):
+                p.copy_(value)
     model.eval()
     return LoadedRun(run_dir, cfg, corpus, model, checkpoint, dev)
 
