@@ -14,27 +14,8 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any, Mapping, Optional
 
+from .checks import ConfigError, check_positive, check_rate  # noqa: F401  (ConfigError: rnnlm.config.ConfigError)
 from .tracking.config import LoggerConfig
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message says how to fix it."""
-
-
-def check_rate(key: str, value: float) -> None:
-    """ConfigError unless ``value`` is a drop probability in [0, 1)."""
-    if not 0.0 <= value < 1.0:
-        raise ConfigError(
-            f"{key}={value} is outside [0, 1): a dropout rate is a drop probability; "
-            f"use e.g. {key}=0.3 (0 switches it off)."
-        )
-
-
-def _check_positive(key: str, value: float | int | None, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if value is None or value <= 0:
-        raise ConfigError(f"{key}={value} must be a positive number, e.g. {key}=10.")
 
 
 class TestWeights(str, Enum):
@@ -122,10 +103,10 @@ class DatasetConfig:
             raise ConfigError(
                 f"dataset.name={self.name!r} must be a plain name (letters, digits, - _ .), e.g. wikitext103."
             )
-        _check_positive("dataset.batch_size", self.batch_size)
-        _check_positive("dataset.train_tokens", self.train_tokens, allow_none=True)
-        _check_positive("dataset.eval_batch_size", self.eval_batch_size)
-        _check_positive("dataset.test_batch_size", self.test_batch_size)
+        check_positive("dataset.batch_size", self.batch_size)
+        check_positive("dataset.train_tokens", self.train_tokens, allow_none=True)
+        check_positive("dataset.eval_batch_size", self.eval_batch_size)
+        check_positive("dataset.test_batch_size", self.test_batch_size)
 
 
 @dataclass
@@ -139,10 +120,10 @@ class ModelConfig:
     init_range: Optional[float] = None
 
     def __post_init__(self) -> None:
-        _check_positive("model.init_range", self.init_range, allow_none=True)
-        _check_positive("model.emsize", self.emsize)
-        _check_positive("model.nhid", self.nhid)
-        _check_positive("model.nlayers", self.nlayers)
+        check_positive("model.init_range", self.init_range, allow_none=True)
+        check_positive("model.emsize", self.emsize)
+        check_positive("model.nhid", self.nhid)
+        check_positive("model.nlayers", self.nlayers)
 
 
 @dataclass
@@ -205,7 +186,7 @@ class OptimConfig:
     weight_shrink: float = 0.0
 
     def __post_init__(self) -> None:
-        _check_positive("optim.lr", self.lr)
+        check_positive("optim.lr", self.lr)
         if self.weight_decay < 0:
             raise ConfigError(f"optim.weight_decay={self.weight_decay} must be >= 0.")
         if not 0.0 <= self.weight_shrink < 1.0:
@@ -214,7 +195,7 @@ class OptimConfig:
             raise ConfigError(f"optim.lr_decay_start={self.lr_decay_start} must be >= 0 (0 = never).")
         if self.clip < 0:
             raise ConfigError(f"optim.clip={self.clip} must be >= 0 (0 disables clipping).")
-        _check_positive("optim.nonmono", self.nonmono)
+        check_positive("optim.nonmono", self.nonmono)
         if not self.lr_decay >= 1.0:
             raise ConfigError(
                 f"optim.lr_decay={self.lr_decay} must be >= 1: the lr is divided by it each epoch "
@@ -257,9 +238,9 @@ class TrainerConfig:
     patience: Optional[int] = None
 
     def __post_init__(self) -> None:
-        _check_positive("trainer.average_from", self.average_from)
-        _check_positive("trainer.validate_from", self.validate_from)
-        _check_positive("trainer.patience", self.patience, allow_none=True)
+        check_positive("trainer.average_from", self.average_from)
+        check_positive("trainer.validate_from", self.validate_from)
+        check_positive("trainer.patience", self.patience, allow_none=True)
         if not 0.0 < self.ema_decay < 1.0:
             raise ConfigError(f"trainer.ema_decay={self.ema_decay} must be in (0, 1), e.g. 0.998 "
                               f"(an average over about 1 / (1 - 0.998) = 500 steps).")
@@ -268,11 +249,11 @@ class TrainerConfig:
                 f"trainer.compile={self.compile} is not one of {', '.join(COMPILE_MODES)}; "
                 f"e.g. trainer.compile=reduce-overhead on CUDA."
             )
-        _check_positive("trainer.bptt", self.bptt)
-        _check_positive("trainer.max_epochs", self.max_epochs)
-        _check_positive("trainer.max_minutes", self.max_minutes, allow_none=True)
-        _check_positive("trainer.max_batches", self.max_batches, allow_none=True)
-        _check_positive("trainer.finetune_epochs", self.finetune_epochs)
+        check_positive("trainer.bptt", self.bptt)
+        check_positive("trainer.max_epochs", self.max_epochs)
+        check_positive("trainer.max_minutes", self.max_minutes, allow_none=True)
+        check_positive("trainer.max_batches", self.max_batches, allow_none=True)
+        check_positive("trainer.finetune_epochs", self.finetune_epochs)
         if self.alpha < 0 or self.beta < 0:
             raise ConfigError("trainer.alpha and trainer.beta must be >= 0.")
 
@@ -295,7 +276,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.mc_samples < 0:
             raise ConfigError(f"eval.mc_samples={self.mc_samples} must be >= 0 (0 = off), e.g. 2000 as Gal.")
-        _check_positive("eval.mc_columns", self.mc_columns)
+        check_positive("eval.mc_columns", self.mc_columns)
 
 
 @dataclass
@@ -333,7 +314,7 @@ class RunConfig:
     deterministic: bool = False
 
     def __post_init__(self) -> None:
-        _check_positive("threads", self.threads, allow_none=True)
+        check_positive("threads", self.threads, allow_none=True)
         from .runtime import DEVICE_FORMS, is_device_name  # runtime imports this module
 
         dev = self.device

@@ -16,7 +16,7 @@ from typing import Iterator
 import torch
 
 from . import __version__
-from .config import ConfigError
+from .checks import ConfigError
 
 DEVICE_FORMS = "auto, cpu, cuda or cuda:N"
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")

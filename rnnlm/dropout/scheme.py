@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from torch import nn
 
-from ..config import ConfigError, check_rate
+from ..checks import ConfigError, check_rate
 
 if TYPE_CHECKING:
     from ..config import RecurrentDropoutConfig

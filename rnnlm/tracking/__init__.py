@@ -49,6 +49,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
+from ..checks import ConfigError
 from .config import LoggerConfig
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,6 @@ def check(cfg: LoggerConfig) -> None:
     tracking store has, W&B online without credentials, ...). Opens no tracker run,
     writes nothing and reaches no server: an unreachable server is not a configuration
     error, and the run retries it."""
-    from ..config import ConfigError  # rnnlm.config imports this package
 
     if missing := missing_extra(cfg):
         raise ConfigError(missing)

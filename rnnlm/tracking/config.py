@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from ..checks import ConfigError
+
 WANDB_MODES = ("online", "offline", "disabled")
 
 
@@ -37,8 +39,6 @@ class WandbConfig:
     dir: Optional[str] = None  # where wandb keeps its run files; None: RUN_DIR
 
     def __post_init__(self) -> None:
-        from ..config import ConfigError  # rnnlm.config imports this module
-
         if self.mode is not None and self.mode not in WANDB_MODES:
             raise ConfigError(f"logger.wandb.mode={self.mode} is not one of {', '.join(WANDB_MODES)}.")
 

@@ -34,6 +34,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
+from ..checks import ConfigError
 from .config import MlflowConfig
 
 # result.csv's status -> the MLflow run's (a pruned run ended as its search decided: finished)
@@ -78,7 +79,6 @@ def check(cfg: MlflowConfig) -> None:
     that MLflow 3 refuses without ``MLFLOW_ALLOW_FILE_STORE=true``, a scheme no tracking
     store handles, an HTTP URI without a host, a sqlite file in a missing directory. Opens
     nothing and reaches no server."""
-    from ..config import ConfigError
 
     if cfg.experiment is not None and not cfg.experiment.strip():
         raise ConfigError("logger.mlflow.experiment is empty; give a name, or null for the default")
@@ -111,7 +111,6 @@ def check(cfg: MlflowConfig) -> None:
 
 
 def _allow_file_store(source: str, uri: str) -> bool:
-    from ..config import ConfigError
 
     try:
         from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE

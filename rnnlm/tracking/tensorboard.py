@@ -27,6 +27,7 @@ from typing import Any, Mapping
 
 from torch.utils.tensorboard import SummaryWriter
 
+from ..checks import ConfigError
 from .config import TensorBoardConfig
 
 
@@ -73,7 +74,6 @@ class TensorBoardRun:
 
 def check(cfg: TensorBoardConfig) -> None:
     """``logger.tensorboard.dir`` must be a directory, or a path one can be made at."""
-    from ..config import ConfigError
 
     if cfg.dir is not None:
         path = Path(cfg.dir).expanduser()

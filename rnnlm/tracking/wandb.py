@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 
 import wandb
 
+from ..checks import ConfigError
 from .config import WandbConfig
 
 DEFAULT_HOST = "https://api.wandb.ai"
@@ -74,7 +75,6 @@ def check(cfg: WandbConfig) -> None:
     """Refuse what keeps W&B from ever starting, before the run writes anything: no project,
     a WANDB_MODE it does not know, or online mode without credentials (W&B would ask for a
     key on a terminal, or fail)."""
-    from ..config import ConfigError
 
     if not (cfg.project or "").strip():
         raise ConfigError("logger.wandb.project is empty; name the W&B project, e.g. logger.wandb.project=dropout")

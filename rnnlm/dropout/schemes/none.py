@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ...config import ConfigError
+from ...checks import ConfigError
 from ...precision import lstm_kernel
 from ..scheme import RecurrentScheme
 
