@@ -383,8 +383,10 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly where the loop stands. The RNG states are the
         CPU's and, on CUDA, the run's own GPU's: a resume on a node with another number of
-        GPUs, or on CPU, restores what applies there."""
-        self._check_loss()
+        GPUs, or on CPU, restores what applies there. It waits for no step and raises nothing:
+        :meth:`train_epoch` has folded the epoch's device-side loss sums into the state
+        before it returns."""
+        assert self._loss_sum is None and self._objective_sum is None, "state_dict() inside an epoch"
         return {
             "model": self.model.state_dict(),
             "optimizer_kind": "asgd" if is_asgd(self.optimizer) else "sgd",
