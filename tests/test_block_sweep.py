@@ -72,7 +72,7 @@ def test_a_clear_study_resolves_at_the_first_look(tmp_path):
     assert table["level"].iloc[0] == pytest.approx(look.level)
     md = (tmp_path / "sweep" / "looks" / "look_3.md").read_text()
     assert md.startswith("# Look 1 of at most 4: 3 blocks (seed 1, 2, 3)")
-    assert "alpha spending" in md and "±3 %" in md and f"{100 * look.level:.4g} %" in md
+    assert "alpha spending" in md and "±3 %" in md and f"nominal level {100 * look.level:.2f} %" in md  # 99.69 %
     assert "| worse | 3 | 1.200 [" in md and "| higher |" in md
     assert "2 of 2 comparisons with base resolved" in study.paragraph(look)
 
@@ -96,9 +96,36 @@ def test_a_noisy_study_runs_to_max_blocks(tmp_path):
     assert not any(look.all_resolved for look in looks)
     assert [study.decide(look, look.blocks) for look in looks] == [None, None, "max_blocks"]
     assert study.decide(looks[0], 3, elapsed_minutes=31) == "max_minutes"
-    assert "Seeds per variant that would resolve a 3 % difference with 80 % power" in study.paragraph(looks[0])
+    assert "would need" in study.paragraph(looks[0]) and "If the estimates stayed" in study.paragraph(looks[0])
     assert sorted(p.name for p in (tmp_path / "sweep" / "looks").iterdir()) == [
         f"look_{b}.{ext}" for b in (3, 4, 5) for ext in ("csv", "md")]
+
+
+def test_blocks_to_resolve_is_the_first_look_whose_interval_would_settle_the_comparison(tmp_path):
+    """Projected from the first look: the estimate stays, the standard error shrinks as
+    1/sqrt(blocks), and each later look uses its own level and critical value."""
+    import math
+
+    from rnnlm.study.maxt import simultaneous_critical
+
+    study = BlockStudy(tmp_path / "sweep", {"base": ["a=1"], "worse": ["a=2"], "same": ["a=3"]}, 0,
+                       list(range(1, 13)), min_blocks=3, max_blocks=12)
+    noise = np.array([[0.01, -0.01, 0.0], [0.0, 0.012, -0.01], [-0.01, 0.0, 0.011]])
+    base = 100 * np.exp(np.array(SEED_EFFECT[:3]))
+    write_blocks(study, [base * np.exp(noise[0]), 1.05 * base * np.exp(noise[1]), base * np.exp(noise[2])])
+    look = study.analyse(3, write=False)
+    projected = study.blocks_to_resolve(look)
+    assert set(projected) == {label for label, ok in look.resolved.items() if not ok}
+    corr = np.array([[1.0, 0.5], [0.5, 1.0]])
+    for label, blocks in projected.items():
+        r = look.table.loc[label]
+        estimate, se = abs(math.log(r["ratio"])), math.log(r["ratio_high"] / r["ratio"]) / r["crit"]
+
+        def settles(b):
+            half = float(simultaneous_critical(corr, 2 * (b - 1), study.level(b))) * se * math.sqrt(3 / b)
+            return estimate > half or estimate + half < math.log(1.03)
+
+        assert blocks is not None and settles(blocks) and not any(settles(b) for b in range(4, blocks))
 
 
 def test_finished_blocks_diverged_runs_and_job_numbering(tmp_path):

@@ -36,12 +36,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 import yaml
 
 from ..atomic import atomic_write_text
 from ..results import read_csv
 from ..results.columns import RESULT_COLUMNS
+from .maxt import simultaneous_critical
 from .sequential import look_level
 from .stats import DEFAULT_EFFECT, compare_groups
 
@@ -263,6 +265,33 @@ class BlockStudy:
             self.write_look(look)
         return look
 
+    def blocks_to_resolve(self, look: Look) -> dict[str, int | None]:
+        """For each unresolved comparison of ``look``, the first block count up to ``max_blocks``
+        at which it would resolve if its estimate stayed where it is and its standard error
+        shrank as 1/sqrt(blocks) (a complete, balanced design); None: not within ``max_blocks``.
+        Each later look is judged at its own nominal level and its max-t critical value with
+        (groups - 1)(blocks - 1) residual df (equicorrelated comparisons, correlation 1/2)."""
+        table = look.comparisons
+        m, margin = len(table), math.log1p(self.effect)
+        corr = np.full((m, m), 0.5) + np.eye(m) * 0.5
+        out: dict[str, int | None] = {}
+        for label, r in table.iterrows():
+            if is_resolved(str(r["verdict"])):
+                continue
+            ratio, high, crit = (float(r.get(k, math.nan)) for k in ("ratio", "ratio_high", "crit"))
+            if not all(math.isfinite(v) and v > 0 for v in (ratio, high, crit)):
+                out[label] = None
+                continue
+            estimate, se = abs(math.log(ratio)), math.log(high / ratio) / crit
+            out[label] = None
+            for blocks in range(look.blocks + 1, self.max_blocks + 1):
+                c = float(simultaneous_critical(corr, m * (blocks - 1), self.level(blocks)))
+                half = c * se * math.sqrt(look.blocks / blocks)
+                if estimate > half or estimate + half < margin:
+                    out[label] = blocks
+                    break
+        return out
+
     def decide(self, look: Look | None, blocks: int, elapsed_minutes: float = 0.0) -> str | None:
         """Why the study stops after ``blocks`` finished blocks (``resolved``, ``max_blocks``,
         ``max_minutes``), or None to run the next block."""
@@ -283,7 +312,7 @@ class BlockStudy:
         seen = self.look_blocks(look.blocks)
         return (f"Lan-DeMets alpha spending of O'Brien-Fleming type, alpha = {self.alpha:g} over the looks after "
                 f"{_counts(seen)} of at most {self.max_blocks} blocks (repeated confidence intervals, "
-                f"Jennison & Turnbull 1989): all looks' intervals together cover with {_percent(1 - self.alpha)}")
+                f"Jennison & Turnbull 1989): all looks' intervals together cover with {_level(1 - self.alpha)}")
 
     def header(self, look: Look) -> str:
         seeds = ", ".join(str(s) for s in self.seeds[:look.blocks])
@@ -291,7 +320,7 @@ class BlockStudy:
         return (f"# Look {look.number} of at most {last}: {look.blocks} blocks ({self.block_key} {seeds})\n\n"
                 f"- metric: `{self.metric}`, each variant against the baseline `{self.baseline}`, paired by "
                 f"{self.block_key}\n"
-                f"- nominal level {_percent(look.level)}, simultaneous over the {len(look.comparisons)} comparisons "
+                f"- nominal level {_level(look.level)}, simultaneous over the {len(look.comparisons)} comparisons "
                 f"(max-t), for the intervals of this look: {self.level_reason(look)}\n"
                 f"- resolved: the ratio's interval lies below 1 (lower) or above 1 (higher), or within "
                 f"±{_percent(self.effect)} of the baseline (effect = {self.effect:g})\n")
@@ -330,7 +359,7 @@ class BlockStudy:
             open_ones.append(f"{label} ({detail})")
             if _finite(r.get("seeds_needed")):
                 needed[label] = math.ceil(float(r["seeds_needed"]))
-        text = (f"Look {look.number} after {look.blocks} blocks, at nominal level {_percent(look.level)}: "
+        text = (f"Look {look.number} after {look.blocks} blocks, at nominal level {_level(look.level)}: "
                 f"{sum(look.resolved.values())} of {len(comparisons)} comparisons with {self.baseline} resolved")
         names = {"lower": f"lower {self.metric}", "higher": f"higher {self.metric}",
                  "within": f"within ±{_percent(self.effect)}"}
@@ -340,11 +369,18 @@ class BlockStudy:
         if not open_ones:
             return text + "."
         text += f". Unresolved: {'; '.join(open_ones)}."
+        projected = self.blocks_to_resolve(look)
+        if projected:
+            soon = [f"{label} after {n}" for label, n in projected.items() if n is not None]
+            never = [label for label, n in projected.items() if n is None]
+            text += " If the estimates stayed where they are and the noise shrank with more blocks: "
+            text += "; ".join(([f"resolved {', '.join(soon)} blocks"] if soon else [])
+                              + ([f"not within {self.max_blocks} blocks: {', '.join(never)}"] if never else [])) + "."
         if needed:
             counts = (f"about {next(iter(needed.values()))}" if len(set(needed.values())) == 1
                       else ", ".join(f"{label} about {n}" for label, n in needed.items()))
-            text += (f" Seeds per variant that would resolve a {_percent(self.effect)} difference with 80 % power "
-                     f"at the noise seen so far: {counts}.")
+            text += (f" (A fixed design, one look, would need {counts} seeds per variant to resolve a "
+                     f"{_percent(self.effect)} difference with 80 % power at this noise.)")
         return text
 
     def write_look(self, look: Look) -> None:
@@ -414,6 +450,13 @@ def _verdict(row: pd.Series) -> str:
 
 def _percent(level: float) -> str:
     return f"{100 * level:.4g} %"
+
+
+def _level(level: float) -> str:
+    """A confidence level with the digits that show how far it is from 100 % (99.9985 %, 96.4 %)."""
+    miss = 100 * (1 - level)
+    digits = max(1, 1 - math.floor(math.log10(miss))) if miss > 0 else 1
+    return f"{100 * level:.{digits}f} %"
 
 
 def _counts(blocks: Sequence[int]) -> str:
