@@ -77,7 +77,13 @@ def _set_tf32(on: bool) -> Callable[[], None]:
 def numerics(precision: Precision, deterministic: bool, device: torch.device) -> Iterator[None]:
     """TF32 as ``precision`` asks, and deterministic kernels if ``deterministic``, inside;
     the caller's flags afterwards. ``CUBLAS_WORKSPACE_CONFIG`` is set (if unset) for the
-    rest of the process: cuBLAS reads it once."""
+    rest of the process: cuBLAS reads it once.
+
+    On the CPU, subnormal floats are flushed to zero inside (``torch.set_flush_denormal``,
+    x86's FTZ and DAZ), as GPU kernels commonly do: saturated gates make an LSTM's backward
+    produce values below 1.2e-38 in fp32, whose arithmetic the CPU runs many times slower
+    (docs/performance.md), and flushing them changes nothing above that magnitude. Torch
+    keeps no getter for the flag, so it is switched off again afterwards (its default)."""
     precision = Precision(precision)
     restore_tf32 = _set_tf32(precision is Precision.tf32)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
@@ -89,9 +95,12 @@ def numerics(precision: Precision, deterministic: bool, device: torch.device) ->
     if precision is Precision.bf16 and device.type == "cpu" and not cpu_has_bf16():
         log.warning("precision=bf16 on a CPU without AVX512_BF16 or AMX: bf16 is emulated there "
                     "and slower than fp32")
+    flush = device.type == "cpu" and torch.set_flush_denormal(True)
     try:
         yield
     finally:
+        if flush:
+            torch.set_flush_denormal(False)
         restore_tf32()
         torch.use_deterministic_algorithms(was_deterministic)
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn_flags

@@ -70,3 +70,17 @@ def test_run_dirs_below_the_working_directory_are_recorded_relative(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     assert runtime.portable_path(tmp_path / "outputs" / "runs" / "x") == "outputs/runs/x"
     assert runtime.portable_path(tmp_path.parent / "elsewhere") == str(tmp_path.parent / "elsewhere")
+
+
+def test_a_run_flushes_subnormal_floats_on_the_cpu_and_restores_the_default():
+    import torch
+
+    from rnnlm.config import Precision
+    from rnnlm.precision import numerics
+
+    subnormal = torch.tensor([1e-39], dtype=torch.float32)
+    assert (subnormal * 1.0).item() != 0.0
+    with numerics(Precision.fp32, False, torch.device("cpu")):
+        assert (subnormal * 1.0).item() == 0.0  # DAZ: a subnormal input reads as zero
+        assert (torch.tensor([1e-20]) * 1e-20).item() == 0.0  # FTZ: a subnormal result is zero
+    assert (subnormal * 1.0).item() != 0.0
