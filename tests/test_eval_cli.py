@@ -14,7 +14,8 @@ from eval_helpers import make_run
 from helpers import RNNLM, read_rows
 
 from rnnlm.cli import main as rnnlm_main
-from rnnlm.config import Average, Optimizer, TestWeights
+from rnnlm.config import Average, Optimizer
+from rnnlm.config import TestWeights as Weights  # not Test*: pytest would try to collect it
 from rnnlm.data import Vocab
 from rnnlm.evaluation.rows import EVAL_COLUMNS
 from rnnlm.evaluation.runs import RunError, encode_text, load_run, use_asgd_average
@@ -114,7 +115,7 @@ def test_last_checkpoint_of_an_averaging_run_reproduces_its_test_figure(tmp_path
     """trainer.average=uniform with eval.test_weights=last tests the average: rnnlm eval
     checkpoint=last must load it, not the last iterate."""
     run_dir = make_run(tmp_path, **{"optim.name": Optimizer.sgd, "trainer.average": Average.uniform,
-                                    "trainer.average_from": 1, "eval.test_weights": TestWeights.last})
+                                    "trainer.average_from": 1, "eval.test_weights": Weights.last})
     assert rnnlm_main(["eval", str(run_dir), "checkpoint=last", "method=standard", "split=test"]) == 0, \
         capsys.readouterr().err
     (result,) = read_rows(run_dir / "result.csv")
