@@ -18,7 +18,7 @@ from rnnlm.study.stats import (
     sign_flip_p, simultaneous_critical,
 )
 
-STUDY = Path(__file__).resolve().parents[1] / "docs" / "studies" / "recurrent_dropout_ptb" / "edition1" / "runs"
+STUDY = Path(__file__).resolve().parents[1] / "docs" / "studies" / "recurrent_dropout_ptb_edition1" / "runs"
 Z80 = stats.norm.ppf(0.8)
 
 # groups x seeds 1..3; A the baseline
