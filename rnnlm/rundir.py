@@ -62,6 +62,10 @@ class Claim:
         self.release()
 
 
+# What flock raises on a file system that has none (some network or parallel file systems).
+NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
+
+
 def _lock(fd: int) -> bool:
     """Lock ``fd`` exclusively without waiting: True if locked, False where the file system
     has no flock; :class:`BlockingIOError` if another process holds the lock."""
@@ -70,10 +74,31 @@ def _lock(fd: int) -> bool:
     except BlockingIOError:
         raise
     except OSError as exc:
-        if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+        if exc.errno in NO_FLOCK:
             return False
         raise
     return True
+
+
+def claim_held(run_dir: Path) -> bool | None:
+    """Whether a live process holds ``run_dir``'s claim: True, False (also when there is no
+    claim file), or None where the file system has no flock and it cannot be told. A probe,
+    not a take-over: a shared lock tried without waiting and dropped at once."""
+    try:
+        fd = os.open(Path(run_dir) / CLAIM, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError as exc:
+        if exc.errno in NO_FLOCK:
+            return None
+        raise
+    finally:
+        os.close(fd)
+    return False
 
 
 def _owner_line() -> bytes:

@@ -21,18 +21,16 @@ their lock option).
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import logging
 import os
 from pathlib import Path
 
-from rnnlm.rundir import CLAIM
+from rnnlm.rundir import NO_FLOCK, claim_held
 
 log = logging.getLogger(__name__)
 
 LOCK_DIR = ".optuna-trials"
-NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 _said_unlocked = False
 
 
@@ -82,24 +80,11 @@ class TrialLocks:
 
 
 def job_alive(job_dir: Path) -> bool:
-    """Whether a live process holds the run claim of ``job_dir`` (its job is still running).
-
-    A probe, not a take-over: a shared lock tried without waiting and dropped at once. Call
-    it only while holding the trial's sweeper lock, so that no job of this study is starting
-    in ``job_dir`` meanwhile (a job starting at that moment could find its claim busy)."""
-    try:
-        fd = os.open(Path(job_dir) / CLAIM, os.O_RDONLY)
-    except OSError:
-        return False  # no claim: no job has started there, or it wrote nothing yet
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError as exc:
-        if exc.errno not in NO_FLOCK:
-            raise
+    """Whether a live process holds the run claim of ``job_dir`` (its job is still running),
+    by :func:`rnnlm.rundir.claim_held`. Call it only while holding the trial's sweeper lock,
+    so that no job of this study is starting in ``job_dir`` meanwhile (a job starting at that
+    moment could find its claim busy)."""
+    held = claim_held(job_dir)
+    if held is None:
         _no_flock(Path(job_dir))
-        return False
-    finally:
-        os.close(fd)
-    return False
+    return bool(held)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import fcntl
 import json
 import logging
 import math
@@ -59,7 +58,7 @@ from ..atomic import WriteError, atomic_write_text
 from ..config import ConfigError, RunConfig
 from ..data import DataError, load_dataset
 from ..run import check_batch_sizes, train
-from ..rundir import CLAIM, ClaimError
+from ..rundir import CLAIM, ClaimError, claim_held
 from ..runtime import resolve_device, sweep_device
 from ..tracking import check as check_trackers
 from ..tracking.config import LoggerConfig
@@ -116,22 +115,12 @@ def launches_workers(launcher: Any) -> bool:
     return "joblib" in target
 
 
-def claim_held(path: Path) -> bool:
-    """Whether a live process holds the claim file ``path`` (its flock); False where the file
-    system has no flock, since a claim cannot be told held there."""
+def _held(run_dir: Path) -> bool:
+    """:func:`rnnlm.rundir.claim_held`, False where it cannot tell or cannot read the claim."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        return bool(claim_held(run_dir))
     except OSError:
         return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-    return False
 
 
 def wait_for_other_jobs(sweep_dir: Path, run_dir: Path, timeout: float | None = None) -> None:
@@ -148,7 +137,7 @@ def wait_for_other_jobs(sweep_dir: Path, run_dir: Path, timeout: float | None = 
     own = Path(run_dir).resolve()
     deadline, said = time.monotonic() + timeout, False
     while True:
-        held = [p.parent for p in Path(sweep_dir).glob(pattern) if p.parent.resolve() != own and claim_held(p)]
+        held = [p.parent for p in Path(sweep_dir).glob(pattern) if p.parent.resolve() != own and _held(p.parent)]
         if not held:
             return
         if time.monotonic() >= deadline:
