@@ -554,6 +554,29 @@ def test_runs_that_differ_only_in_their_trackers_are_one_group(tmp_path, capsys)
     assert printed["n"].tolist() == [2] and not any(c.startswith("logger") for c in printed.columns)
 
 
+def test_rates_that_print_alike_are_one_group_in_the_tables_and_the_comparison(tmp_path, capsys):
+    # 0.30000001 (e.g. from a search) and 0.3 are one setting; 0.3001 is another
+    base = {1: 100.0, 2: 104.0, 3: 99.0}
+    near = {(1, 0.3): 90.0, (2, 0.30000001): 96.0, (3, 0.3): 91.0}
+    for seed, val in base.items():
+        make_run(tmp_path / f"none{seed}", seed=seed, kind="none", rate=0.0, val=val, test=val)
+    for (seed, rate), val in near.items():
+        make_run(tmp_path / f"near{seed}", seed=seed, rate=rate, val=val, test=val)
+    for seed in base:
+        make_run(tmp_path / f"far{seed}", seed=seed, rate=0.3001, val=80.0 + seed, test=80.0)
+    assert main([str(tmp_path), "--baseline", f"{KIND}=none", "--format", "csv"]) == 0
+    printed = read_csv_block(capsys.readouterr().out)
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    for table in (printed, summary):
+        assert sorted(table[RATE]) == [0.0, 0.3, 0.3001]  # the shown value, whichever run came first
+        row = table[table[RATE] == 0.3].iloc[0]
+        assert row["n"] == 3 and row["val_ppl_mean"] == pytest.approx(statistics.mean(near.values()))
+        # the comparison pairs the same three runs with the baseline's three seeds
+        assert row["val_ppl_perm_floor"] == 0.25 and row["val_ppl_diff"] == pytest.approx(
+            statistics.geometric_mean(near.values()) - statistics.geometric_mean(base.values()), rel=1e-9)
+        assert table[table[RATE] == 0.3001].iloc[0]["n"] == 3
+
+
 def test_learning_curves_cut_early_spikes_and_name_no_unread_mask():
     from rnnlm.summary.plots import _late_top, labels
 

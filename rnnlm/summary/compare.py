@@ -37,7 +37,7 @@ import pandas as pd
 
 from ..study.stats import DEFAULT_EFFECT, LEVEL, compare_groups
 from .runs import RunsError, filter_runs, is_missing
-from .tables import Metric, text
+from .tables import Metric, group_ids
 
 # summary column <column>_<stat> <- compare_groups column
 STATS = {"diff": "diff", "low": "low", "high": "high", "ratio": "ratio", "ratio_low": "ratio_low",
@@ -45,12 +45,6 @@ STATS = {"diff": "diff", "low": "low", "high": "high", "ratio": "ratio", "ratio_
          "perm_p": "perm_p", "perm_floor": "perm_floor", "seeds_needed": "seeds_needed", "crit": "crit",
          "verdict": "verdict"}
 SHOWN = ("diff", "low", "high", "ratio", "p", "perm_p", "verdict")  # markdown / LaTeX (low, high join diff)
-
-
-def group_ids(table: pd.DataFrame, keys: list[str]) -> pd.Series:
-    """A hashable identity of each row's group: its key values as shown in tables."""
-    rows = zip(*(table[k] for k in keys)) if keys else [()] * len(table)
-    return pd.Series([tuple(text(v) for v in row) for row in rows], index=table.index, dtype=object)
 
 
 def baseline_group(runs: pd.DataFrame, keys: list[str], spec: Iterable[str]) -> tuple:

@@ -2,6 +2,7 @@
 
 Grouping keys are, unless given, the config keys whose values differ between
 runs, except BOOKKEEPING_KEYS (settings that do not define an experiment).
+Runs are one group where their keys' values print alike (:func:`group_ids`).
 Numeric grouping keys are "rates"; the others (kind, mask, dataset, ...) define
 a "variant". A group's ``n`` counts its completed runs that have the selection
 metric; means and sample stds (ddof=1, NaN for n=1) are over those runs.
@@ -115,9 +116,31 @@ def split_keys(frame: pd.DataFrame, config_keys: Iterable[str], group_by: list[s
     return [k for k in keys if k not in rates], rates
 
 
-def _by(frame: pd.DataFrame, keys: list[str]) -> list:
-    """Group-by keys for ``frame``: its ``keys`` columns, or one group without keys."""
-    return [frame[k] for k in keys] or [np.zeros(len(frame))]
+def group_ids(table: pd.DataFrame, keys: list[str]) -> pd.Series:
+    """Each row's group: the tuple of its ``keys`` values as :func:`text` shows them (a float
+    to 6 significant digits, a missing value as ``null``); ``()`` for every row without keys.
+
+    This is the one rule by which the summary table, best-by-validation and the baseline
+    comparison put runs together. It groups on the shown value, not the raw one, because two
+    rates that print alike are one setting to a researcher: a rate that a search or an
+    arithmetic override wrote as 0.30000001 and the 0.3 typed for another run train the same
+    model to well within seed noise, and grouping them apart would give two table rows that
+    read ``0.3`` with half the seeds each. Rates that differ within 6 significant digits
+    (0.2345 and 0.2346) stay apart."""
+    rows = zip(*(table[k] for k in keys)) if keys else [()] * len(table)
+    return pd.Series([tuple(text(v) for v in row) for row in rows], index=table.index, dtype=object)
+
+
+def _shown_value(value: Any) -> Any:
+    """A key's value as its group is shown: a float rounded as :func:`text` prints it, so a
+    group's key column holds the same value whichever of its runs comes first."""
+    return float(text(value)) if isinstance(value, float) and not is_missing(value) else value
+
+
+def _group_keys(frame: pd.DataFrame, keys: list[str], ids: pd.Series) -> pd.DataFrame:
+    """One row per group of ``ids`` (in order of first appearance): its ``keys`` values."""
+    first = frame.loc[~ids.duplicated().to_numpy(), keys]
+    return first.apply(lambda c: c.map(_shown_value)).reset_index(drop=True)
 
 
 def _sort(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -136,14 +159,14 @@ def summarise(frame: pd.DataFrame, used: pd.Series, keys: list[str], metrics: li
     data = frame[[col for m in metrics for col in m.columns]].where(used)
     kept = [col for i, m in enumerate(metrics) for col in m.columns if i == 0 or data[col].notna().any()]
     stats = {f"{col}_{stat}": (col, stat) for col in kept for stat in ("mean", "std", "count")}
-    table = data.assign(n=used.astype(int)).groupby(_by(frame, keys), dropna=False, sort=False).agg(
-        n=("n", "sum"), **stats)
+    ids = group_ids(frame, keys)
+    table = data.assign(n=used.astype(int)).groupby(ids, sort=False).agg(n=("n", "sum"), **stats)
     # A reported pair's own count (<col>_n) is shown where it is not every used run of a group.
     for col in kept:
         counts = table.pop(f"{col}_count")
         if col not in metrics[0].columns and (counts != table["n"]).any():
             table.insert(table.columns.get_loc(f"{col}_std") + 1, f"{col}_n", counts.astype(int))
-    return _sort(table.reset_index(drop=not keys), keys)
+    return _sort(pd.concat([_group_keys(frame, keys, ids), table.reset_index(drop=True)], axis=1), keys)
 
 
 def best_by_validation(summary: pd.DataFrame, variant_keys: list[str], metric: Metric) -> pd.DataFrame:
@@ -154,7 +177,7 @@ def best_by_validation(summary: pd.DataFrame, variant_keys: list[str], metric: M
     """
     column = f"{metric.val}_mean"
     ranked = summary[(summary["n"] > 0) & summary[column].notna()]
-    best = ranked.groupby(_by(ranked, variant_keys), dropna=False, sort=False)[column].idxmin()
+    best = ranked.groupby(group_ids(ranked, variant_keys), sort=False)[column].idxmin()
     return _sort(ranked.loc[best.to_numpy()], variant_keys)
 
 
