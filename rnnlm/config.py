@@ -26,10 +26,11 @@ class TestWeights(str, Enum):
 
 
 class WordMask(str, Enum):
-    """How embedding (word) dropout ties a word type's mask."""
+    """How embedding (word) dropout ties its drop decisions (rnnlm/dropout/embedding.py)."""
 
     batch = "batch"  # one (V,) mask for the whole minibatch (awd-lstm-lm embedded_dropout)
-    sequence = "sequence"  # one (B, V) mask: per sequence, tied within it (Gal's LM code)
+    sequence = "sequence"  # one (B, V) mask: per sequence, tied within it (Gal's LM code, fixed)
+    token = "token"  # one (T, B) mask: per token position (Gal's LM code before its fix: his Table 1)
 
 
 class LossReduction(str, Enum):
@@ -159,12 +160,19 @@ class DropoutConfig:
     locked: bool = True  # one mask per sequence (variational) vs per time step (Zaremba)
     recurrent: RecurrentDropoutConfig = field(default_factory=RecurrentDropoutConfig)
     # Word dropout drops a word type for the whole minibatch (batch) or, independently,
-    # in each sequence of it (sequence, as Gal's LM code); rate dropout.embedding.
+    # in each sequence of it (sequence, as Gal's LM code), or drops each token position
+    # independently (token, as Gal's LM code before its fix); rate dropout.embedding.
     embedding_mask: WordMask = WordMask.batch
 
     def __post_init__(self) -> None:
         for site in ("embedding", "input", "hidden", "output"):
             check_rate(f"dropout.{site}", getattr(self, site))
+        if self.embedding_mask not in tuple(WordMask):
+            raise ConfigError(
+                f"dropout.embedding_mask={self.embedding_mask} is not one of "
+                f"{', '.join(m.value for m in WordMask)}; e.g. dropout.embedding_mask=token."
+            )
+        self.embedding_mask = WordMask(self.embedding_mask)
 
 
 @dataclass

@@ -52,7 +52,7 @@ def test_per_sequence_word_dropout_ties_a_word_within_its_sequence_only():
     sequence (column) of the segment and drawn independently for each sequence."""
     torch.manual_seed(0)
     emb = nn.Embedding(6, 4)
-    drop = EmbeddingDropout(emb, P, per_sequence=True).train()
+    drop = EmbeddingDropout(emb, P, mask="sequence").train()
     tokens = torch.randint(0, 6, (40, 32))  # every word occurs many times in every column
     ratio = drop(tokens) / emb(tokens)
     assert torch.allclose(ratio, ratio[..., :1].expand_as(ratio))  # whole rows
@@ -74,13 +74,75 @@ def test_per_sequence_word_dropout_ties_a_word_within_its_sequence_only():
 def test_per_sequence_word_dropout_keeps_rate_and_gradient():
     torch.manual_seed(2)
     emb = nn.Embedding(500, 3)
-    drop = EmbeddingDropout(emb, 0.3, per_sequence=True).train()
+    drop = EmbeddingDropout(emb, 0.3, mask="sequence").train()
     tokens = torch.arange(500).repeat(2, 40)  # (2, 20000): every (column, word) pair ...
     factors = (drop(tokens) / emb(tokens))[..., 0]
     assert torch.equal(factors[0], factors[1])  # ... twice in its column, tied
     assert abs((factors[0] == 0).float().mean().item() - 0.3) < 0.02  # dropped with probability p
     drop(tokens).sum().backward()
     assert emb.weight.grad.abs().sum() > 0
+
+
+def test_per_token_word_dropout_decides_each_position_independently():
+    """Gal's LM code before its fix (BayesianRNN main_new_dropout_SOTA_v3.lua, readme
+    "Update 4"): one Bernoulli per (step, sequence), never tied over a word's occurrences."""
+    torch.manual_seed(0)
+    emb = nn.Embedding(3, 4)
+    drop = EmbeddingDropout(emb, P, mask="token").train()
+    tokens = torch.zeros(40, 8, dtype=torch.long)  # one word at every position of every sequence
+    ratio = drop(tokens) / emb(tokens)
+    assert torch.allclose(ratio, ratio[..., :1].expand_as(ratio))  # whole rows
+    factors = ratio[..., 0]  # (T, B)
+    assert set(torch.unique(factors).tolist()) == {0.0, 1 / (1 - P)}
+    # the same word, in one sequence, kept at one position and dropped at another: in every column
+    for b in range(8):
+        assert set(factors[:, b].tolist()) == {0.0, 1 / (1 - P)}
+    assert not torch.equal(drop(tokens), drop(tokens))  # redrawn each forward
+    drop.eval()
+    assert torch.equal(drop(tokens), emb(tokens))
+    with mc_pass(drop):  # a position's mask is not held over the pass's forwards
+        assert not torch.equal(drop(tokens), drop(tokens))
+
+
+def test_per_token_word_dropout_expectation_is_the_lookup_and_gradient_flows():
+    torch.manual_seed(3)
+    emb = nn.Embedding(7, 5)
+    drop = EmbeddingDropout(emb, 0.3, mask="token").train()
+    tokens = torch.randint(0, 7, (200, 100))
+    out = drop(tokens)
+    factors = (out / emb(tokens))[..., 0]
+    assert abs((factors == 0).float().mean().item() - 0.3) < 0.01  # dropped with probability p
+    assert abs(factors.mean().item() - 1.0) < 0.02  # inverted scaling: E[mask] = 1
+    # averaged over draws, every token position's factor approaches 1: the output's mean is the lookup
+    with torch.no_grad():
+        mean = sum(drop(tokens[:2]) / emb(tokens[:2]) for _ in range(4000))[..., 0] / 4000  # (2, 100)
+    assert (mean - 1).abs().max().item() < 0.06
+    drop(tokens).sum().backward()
+    assert emb.weight.grad.abs().sum() > 0
+
+
+def test_per_token_word_dropout_draws_from_the_module_generator():
+    """The mask comes from the module's stream (the run's dropout stream), not torch's global one."""
+    emb = nn.Embedding(10, 4)
+    tokens = torch.randint(0, 10, (6, 3))
+    outs = []
+    for global_seed in (0, 1):
+        drop = EmbeddingDropout(emb, P, mask="token").train()
+        drop.generator = torch.Generator().manual_seed(7)
+        torch.manual_seed(global_seed)
+        outs.append(drop(tokens))
+    assert torch.equal(*outs)
+
+
+@pytest.mark.parametrize("bad", ["tokens", "word", ""])
+def test_word_mask_rejects_unknown_forms(bad):
+    from rnnlm.config import ConfigError, DropoutConfig
+
+    with pytest.raises(ConfigError, match=rf"^dropout.embedding_mask={bad} is not one of batch, sequence, token;"):
+        DropoutConfig(embedding_mask=bad)
+    with pytest.raises(ValueError, match="is not one of batch, sequence, token"):
+        EmbeddingDropout(nn.Embedding(3, 2), P, mask=bad)
+    assert DropoutConfig(embedding_mask="token").embedding_mask.value == "token"
 
 
 # ---------------------------------------------------------- locked vs per-step dropout

@@ -1,6 +1,7 @@
 """Every dropout preset trains on the smoke experiment (tiny corpus); MC-dropout evaluation."""
 
 import math
+from pathlib import Path
 
 import pytest
 from helpers import config_options, tiny
@@ -35,6 +36,15 @@ def test_every_dropout_preset_trains_to_a_finite_perplexity(group, preset, tmp_p
     (row,) = read_csv(tmp_path / "result.csv")
     assert row["dropout.recurrent.kind"] == cfg.dropout.recurrent.kind
     assert row["dropout.recurrent.mask"] == cfg.dropout.recurrent.mask
+
+
+def test_word_dropout_per_token_trains_and_is_recorded(tmp_path):
+    """Gal's Table 1 form of word dropout (dropout.embedding_mask=token) on Gal's untied model."""
+    cfg = run_config("dropout=gal_untied", "dropout.embedding_mask=token")
+    result = train(cfg, tmp_path)
+    assert result["status"] == "completed" and math.isfinite(result["test_ppl"])
+    (row,) = read_csv(tmp_path / "result.csv")
+    assert row["dropout.embedding_mask"] == "token"
 
 
 def test_mc_dropout_evaluation_reports_beside_the_standard_figures(tmp_path):
@@ -83,6 +93,17 @@ PAPERS = {
     "gal_large": dict(nhid=1500, drop=(0.3, 0.5, 0.5, 0.3), epochs=55, bptt=35, clip=10.0, decay=1.15,
                       start=12, init=0.04),
 }
+PAPERS.update({f"{name}_table1": PAPERS[name] for name in ("gal_medium", "gal_large")})
+
+# The figures published for each Gal preset's form of word dropout. Per token (the script
+# before its fix): Table 1 of Gal & Ghahramani 2016 (large also in the BayesianRNN readme,
+# "Update 3"). Per sequence: the readme's "Update 4", large only (no medium re-run).
+GAL_FIGURES = {
+    "gal_large_table1": ("token", "77.9 / test 75.2, MC test 73.4"),
+    "gal_medium_table1": ("token", "81.9 / test 79.7, MC test 78.6"),
+    "gal_large": ("sequence", "77.457 / test 75.112, MC test\n# 73.318975131"),
+    "gal_medium": ("sequence", "No figure is published for this form"),
+}
 
 
 @pytest.mark.parametrize("name", sorted(PAPERS))
@@ -102,11 +123,22 @@ def test_zaremba_and_gal_presets_hold_the_published_hyperparameters(name):
     assert cfg.eval.test_weights.value == "last" and cfg.eval.main_lua_val
     if name.startswith("gal"):
         assert (d.recurrent.kind, d.recurrent.mask, d.recurrent.per_gate_input) == ("variational", "untied", True)
-        assert d.embedding_mask.value == "sequence" and (o.weight_decay, o.weight_shrink) == (0.0, 1e-7)
+        assert d.embedding_mask.value == GAL_FIGURES[name][0] and (o.weight_decay, o.weight_shrink) == (0.0, 1e-7)
         assert (cfg.eval.mc_samples, cfg.eval.mc_columns, cfg.eval.mc_word_dropout) == (2000, 20, False)
     else:
         assert (d.locked is False or d.input == 0) and d.recurrent.kind == "none" and o.weight_decay == 0.0
         assert d.embedding_mask.value == "batch" and cfg.eval.mc_samples == 0
+
+
+@pytest.mark.parametrize("name", sorted(GAL_FIGURES))
+def test_each_gal_preset_quotes_the_figures_of_the_word_dropout_it_runs(name):
+    """Table 1's figures only beside per-token word dropout, the readme's re-run beside per sequence."""
+    text = (Path(__file__).parents[1] / "configs" / "experiment" / f"{name}.yaml").read_text()
+    form, quoted = GAL_FIGURES[name]
+    assert experiment(name).dropout.embedding_mask.value == form
+    assert quoted in text
+    if form == "sequence":
+        assert "Table 1" in text and f"experiment={name}_table1" in text  # points at the Table 1 form
 
 
 @pytest.mark.parametrize("name,seed,epochs,input_rate,hidden_rate", [

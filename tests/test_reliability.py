@@ -59,6 +59,8 @@ BAD_INPUT = [
     (["dropout.recurrent.kind=variational", "dropout.recurrent.mask=row"],
      "dropout.recurrent.mask=row does not go with dropout.recurrent.kind=variational; choose one of: tied, untied"),
     (["dropout.recurrent.kind=none"], "dropout.recurrent.rate=0.5 has no effect with dropout.recurrent.kind=none"),
+    (["dropout.embedding_mask=tokens"],
+     "dropout.embedding_mask=tokens: Invalid value 'tokens', expected one of [batch, sequence, token]"),
     *(([f"{group}={bad}"], f"{group}={bad} is not a known option; choose one of: {', '.join(config_options(group))}")
       for group, bad in (("dataset", "ptb2"), ("experiment", "awd"))),
     (["trainer.max_epochs=0"], "trainer.max_epochs=0 must be a positive number"),

@@ -107,6 +107,27 @@ def test_mask_modules_split_the_shared_dropouts_from_the_recurrent_layers():
     assert len(recurrent) == 2 and all(m in list(model.rnns) for m in recurrent)
 
 
+@pytest.mark.parametrize("form", ["batch", "sequence", "token"])
+def test_word_dropout_of_every_form_draws_from_the_dropout_stream(form):
+    """Per word type, per sequence or per token (Gal's Table 1 form): the mask is the next
+    draw of the run's dropout stream, with the shape of its form."""
+    from rnnlm.dropout.base import bernoulli_mask
+
+    cfg = config(VARIANTS["none"], seed=5)
+    model = AWDLSTM(VOCAB, cfg.model, DropoutConfig(embedding=0.4, embedding_mask=form)).train()
+    RandomStreams(stream_seeds(cfg), torch.device("cpu")).attach(model)
+    drop = model.embedding_dropout
+    assert drop in mask_modules(model, "dropout") and drop.mask == form
+    tokens = stream(24).view(6, 4)  # (T, B)
+    factors = (drop(tokens) / model.encoder(tokens))[..., 0]
+    expected = torch.Generator().manual_seed(stream_seeds(cfg)["dropout"])
+    shape = {"batch": (VOCAB,), "sequence": (4, VOCAB), "token": (6, 4)}[form]
+    keep = bernoulli_mask(shape, 0.4, model.encoder.weight, expected)
+    want = {"batch": lambda: keep[tokens], "sequence": lambda: keep[torch.arange(4), tokens],
+            "token": lambda: keep}[form]()
+    assert torch.allclose(factors, want)
+
+
 def test_variants_at_one_seed_share_weights_schedule_and_shared_masks_step_for_step():
     runs = {name: train(config(recurrent)) for name, recurrent in VARIANTS.items()}
     base, base_init = runs["none"]

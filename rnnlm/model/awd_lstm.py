@@ -5,7 +5,7 @@ Data flow, time-major::
 
     tokens (T, B)
       -> EmbeddingDropout (word types, p=dropout.embedding)     (T, B, E)
-         (per minibatch or per sequence: dropout.embedding_mask)
+         (per minibatch, sequence or token: dropout.embedding_mask)
       -> SequenceDropout (dropout.input)                        (T, B, E)
       -> [recurrent layer l (+ its recurrent dropout)           (T, B, H_l)
           -> SequenceDropout (dropout.hidden) between layers] x L
@@ -48,7 +48,7 @@ class AWDLSTM(nn.Module):
         self.sizes = [E] + [H] * (L - 1) + [E if model.tie_weights else H]  # layer widths
         self.encoder = nn.Embedding(vocab_size, E)
         self.embedding_dropout = EmbeddingDropout(
-            self.encoder, dropout.embedding, per_sequence=dropout.embedding_mask is WordMask.sequence)
+            self.encoder, dropout.embedding, mask=WordMask(dropout.embedding_mask).value)
         # Each layer's input rate: dropout.input for the first, dropout.hidden above. With
         # per-gate input masks (Gal untied) the layers draw them, so no shared mask here.
         input_rates = [dropout.input] + [dropout.hidden] * (L - 1)
