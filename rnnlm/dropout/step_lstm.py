@@ -49,6 +49,7 @@ class StepScheme(RecurrentScheme):
     leave the LSTM step unchanged.
     """
 
+    step_loop = True
     # The masks of sample()/expected() are FusedMasks fields with their meaning: the
     # hand-written loop of fused_lstm may run this scheme.
     fusable: ClassVar[bool] = False
@@ -129,7 +130,9 @@ class StepLSTM(nn.LSTM, StochasticModule):
     load both ways and the mask-free path is ``nn.LSTM.forward`` itself, which keeps cuDNN's
     flattened weights on CUDA. ``forward`` has the ``nn.LSTM`` API; passing ``masks`` (e.g.
     from :meth:`sample_masks`) always runs the step loop with exactly those masks, whatever
-    the mode. ``fused=False`` runs :func:`plain_lstm` even for a fusable scheme.
+    the mode. ``fused=False`` runs :func:`plain_lstm` even for a fusable scheme;
+    ``compiled=True`` runs the fused loop's per-step kernels under ``torch.compile``
+    (``trainer.compile``; :mod:`rnnlm.dropout.fused_lstm`).
     """
 
     def __init__(self, input_size: int, hidden_size: int, kind: str, rate: float, mask: str,
@@ -142,6 +145,7 @@ class StepLSTM(nn.LSTM, StochasticModule):
         super().__init__(input_size, hidden_size)
         self.scheme: StepScheme = step
         self.fused = fused
+        self.compiled = False
 
     @property
     def _weights(self) -> list[Tensor]:
@@ -168,7 +172,7 @@ class StepLSTM(nn.LSTM, StochasticModule):
         if masks is None:  # nothing to drop: nn.LSTM's fused kernel
             return lstm_kernel(super().forward, x, hx)
         if self.fused and self.scheme.fusable:
-            out, h_n, c_n = fused_lstm(x, hx[0][0], hx[1][0], *self._weights, masks)
+            out, h_n, c_n = fused_lstm(x, hx[0][0], hx[1][0], *self._weights, masks, compiled=self.compiled)
         else:
             out, h_n, c_n = plain_lstm(x, hx[0][0], hx[1][0], *self._weights, self.scheme, masks)
         return out, (h_n.unsqueeze(0), c_n.unsqueeze(0))

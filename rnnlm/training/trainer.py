@@ -34,10 +34,10 @@ import torch.nn.functional as F
 
 from ..config import Average, LossReduction, Optimizer, RunConfig
 from ..data import get_batch
+from ..dropout import StepLSTM
 from ..model import AWDLSTM, repackage_hidden
 from ..precision import autocast, grad_scaler, to_fp32
 from .averaging import WeightAverage
-from .compile import compiled_forward
 from .evaluate import main_lua_loss, mean_loss, perplexity, segment_losses
 from .progress import EpochProgress
 from .optim import averaged_weights, is_asgd, make_asgd, make_sgd, set_lr, shrink_weights
@@ -98,10 +98,11 @@ class Trainer:
         should_stop: Callable[[], bool] = lambda: False,
         on_progress: Callable[["Trainer"], None] = lambda trainer: None,
     ) -> None:
-        self.model = model  # the plain module: checkpoints, the final test, MC and ASGD use it
-        # What the training steps and validation call: the model, or it under torch.compile
-        # (trainer.compile, rnnlm/training/compile.py).
-        self.forward = compiled_forward(model, cfg.trainer.compile)
+        self.model = model
+        if cfg.trainer.compile != "off":  # each step of the step loops under torch.compile
+            for layer in model.modules():
+                if isinstance(layer, StepLSTM):
+                    layer.compiled = True
         self.cfg = cfg
         self.train_data = train_data
         self.valid_data = valid_data
@@ -258,7 +259,7 @@ class Trainer:
         self.hidden = repackage_hidden(self.hidden)
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
-            out = self.forward(inputs, self.hidden)
+            out = self.model(inputs, self.hidden)
         raw_loss = F.cross_entropy(out.logits.flatten(0, 1), targets.flatten())
         loss = (
             raw_loss
@@ -313,7 +314,7 @@ class Trainer:
         val_loss = main_lua = None
         if validate:
             with self.evaluated_weights(), self.autocast():
-                segments = segment_losses(self.forward, self.valid_data, cfg.trainer.bptt)
+                segments = segment_losses(self.model, self.valid_data, cfg.trainer.bptt)
                 val_loss = mean_loss(segments)
                 if not math.isfinite(perplexity(val_loss)):
                     raise Diverged(f"validation loss became {val_loss:.4g} at epoch {st.epoch}")
