@@ -4,7 +4,7 @@ import importlib.util as _util
 import sys as _sys
 from pathlib import Path as _Path
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def _checkout_configs() -> None:

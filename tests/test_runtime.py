@@ -51,6 +51,14 @@ def test_provenance_always_has_the_version():
     assert runtime.provenance()["rnnlm_version"] == __version__
 
 
+def test_the_version_is_the_one_in_pyproject():
+    """One version number, so a result row's rnnlm_version names the presets' form (docs/reproduction.md)."""
+    import re
+
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    assert re.search(r'^version = "([^"]+)"$', pyproject, re.M).group(1) == __version__
+
+
 def test_source_hash_names_the_installed_source_and_configs():
     import hashlib
     import importlib
