@@ -28,7 +28,7 @@ from .config import ConfigError, RunConfig, TestWeights, settings
 from .data import Corpus, batchify, load_dataset
 from .model import AWDLSTM, count_parameters
 from .precision import autocast, numerics
-from .results import METRICS_COLUMNS, RESULT_COLUMNS, SETTING_COLUMNS, write_csv
+from .results import METRICS_COLUMNS, RESULT_COLUMNS, SETTING_COLUMNS, current_names, write_csv
 from .runtime import cpu_threads, portable_path, provenance, resolve_device
 from .training import Diverged, Trainer, evaluate, evaluate_mc, load_checkpoint, perplexity, save_checkpoint
 from .training.streams import seed_init, stream_seeds
@@ -137,8 +137,8 @@ def _train(
     valid_data = batchify(corpus.valid, ds.eval_batch_size, device)
     test_data = batchify(corpus.test, ds.test_batch_size, device)
     files.result.update(
-        vocab_size=len(corpus.vocab), train_tokens=corpus.train.numel(),
-        valid_tokens=corpus.valid.numel(), test_tokens=corpus.test.numel(),
+        vocab_size=len(corpus.vocab), train_split_tokens=corpus.train.numel(),
+        valid_split_tokens=corpus.valid.numel(), test_split_tokens=corpus.test.numel(),
         n_params=count_parameters(model),
     )
     log.info(
@@ -176,6 +176,8 @@ def _train(
     )
     if resume:
         trainer.load_state_dict(load_checkpoint(files.path(LAST)))  # on CPU; the trainer moves what it needs
+        # metrics rows that an older rnnlm checkpointed, under today's column names
+        trainer.state.metrics = [current_names(row, "metrics.csv") for row in trainer.state.metrics]
         files.write_metrics(trainer.state.metrics)  # drop rows written after last.pt
     files.write_result(**progress_fields(trainer))
     # resume_step: where the tracker runs continue on progress/tokens (what a killed process logged past it is replaced)
@@ -247,7 +249,7 @@ def _train(
 def global_tokens(trainer: Trainer) -> int:
     """Training tokens since the start of the run: the trackers' ``progress/tokens`` axis."""
     st = trainer.state
-    return sum(row["train_tokens"] for row in st.metrics) + st.tokens
+    return sum(row["epoch_tokens"] for row in st.metrics) + st.tokens
 
 
 def progress_fields(trainer: Trainer, with_ppl: bool = True) -> dict[str, Any]:

@@ -202,7 +202,7 @@ def test_awd_main_py_loop_step_for_step_through_the_asgd_switch():
     # every epoch consumes the whole stream (see whole_stream_targets)
     for epoch, row in enumerate(trainer.state.metrics, 1):
         lengths = [s[1] for s in trainer.steps if s[0] == epoch]
-        assert row["train_tokens"] == whole_stream_targets(train, lengths)
+        assert row["epoch_tokens"] == whole_stream_targets(train, lengths)
     # main.py divides the validation sum by len(data), rnnlm by the number of targets
     scale = (valid.size(0) - 1) / valid.size(0)
     for row, want in zip(trainer.state.metrics, val_losses, strict=True):
@@ -223,7 +223,7 @@ def test_awd_epoch_is_not_cut_short_by_the_mean_segment_length():
     for epoch in (1, 2):
         lengths = [s[1] for s in trainer.steps if s[0] == epoch]
         assert len(lengths) > (train.size(0) - 2) // bptt + 1  # more steps than such a cap
-        assert trainer.state.metrics[epoch - 1]["train_tokens"] == whole_stream_targets(train, lengths)
+        assert trainer.state.metrics[epoch - 1]["epoch_tokens"] == whole_stream_targets(train, lengths)
 
 
 def test_max_batches_still_caps_a_smoke_epoch():

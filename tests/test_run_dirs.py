@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from rnnlm.cli import main as rnnlm_main
 from rnnlm.rundir import CLAIM, claim_stopped
-from rnnlm.training import load_checkpoint
+from rnnlm.training import load_checkpoint, save_checkpoint
 
 # Three short epochs of the smoke model on the tiny corpus (5 segments of 4 x 10 tokens each).
 RUN = ("experiment=smoke", "dataset.batch_size=4", "dataset.eval_batch_size=2", "dataset.test_batch_size=2",
@@ -130,6 +130,25 @@ def test_resume_run_dir_replays_the_saved_overrides_and_keeps_the_saved_budget(r
         [o for o in OmegaConf.load(overrides) if not o.startswith("trainer.max_epochs=")])))
     assert rnnlm_main(["train", f"resume={run_dir}"]) == 0
     assert numbers(run_dir)[0] == numbers(reference)[0]  # three epochs, as the run was started
+
+
+def test_a_run_whose_checkpoint_has_older_metrics_names_resumes(reference, tmp_path, monkeypatch):
+    """An epoch's tokens, checkpointed and written to metrics.csv as ``train_tokens`` by an
+    older rnnlm, are read as ``epoch_tokens``: the run resumes to the same numbers."""
+    run_dir = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        sigterm_on_call(patch, "rnnlm.training.trainer.segment_losses", 2)
+        assert rnnlm_main(["train", *RUN, f"hydra.run.dir={run_dir}"]) == 130
+    last = run_dir / "checkpoints" / "last.pt"
+    payload = load_checkpoint(last)
+    old = [{"train_tokens" if k == "epoch_tokens" else k: v for k, v in row.items()}
+           for row in payload["trainer"]["metrics"]]
+    assert old and all("train_tokens" in row for row in old)
+    save_checkpoint(last, {**payload, "trainer": {**payload["trainer"], "metrics": old}})
+    metrics = run_dir / "metrics.csv"
+    metrics.write_text(metrics.read_text().replace("epoch_tokens", "train_tokens"))
+    assert rnnlm_main(["train", f"resume={run_dir}"]) == 0
+    assert numbers(run_dir)[0] == numbers(reference)[0]
 
 
 def test_resume_auto_with_an_unreadable_checkpoint_is_one_line(reference, tmp_path, capsys):

@@ -62,7 +62,7 @@ def make_run(
                 for key in SETTING_COLUMNS}
     write_csv(run_dir / "result.csv", [{
         **settings, "seed": seed, "status": status, "stop_reason": "max_epochs",
-        "vocab_size": 10000, "train_tokens": 929589, "valid_tokens": 73760, "test_tokens": 82430,
+        "vocab_size": 10000, "train_split_tokens": 929589, "valid_split_tokens": 73760, "test_split_tokens": 82430,
         "n_params": 24_000_000, "epochs_run": epochs, "asgd_epoch": 2, "best_epoch": epochs,
         "best_val_loss": None if val is None else math.log(val), "best_val_ppl": val,
         "test_loss": None if test is None else math.log(test), "test_ppl": test,
@@ -75,7 +75,7 @@ def make_run(
     write_csv(run_dir / "metrics.csv", [
         {"epoch": e + 1, "stage": "train", "lr": 30.0, "optimizer": "sgd", "train_loss": 5.0, "train_ppl": 150.0,
          "val_loss": math.log(p), "val_ppl": p, "epoch_seconds": 10.0, "tokens_per_second": 90000.0,
-         "train_tokens": 929589}
+         "epoch_tokens": 929589}
         for e, p in enumerate(ppl)
     ], METRICS_COLUMNS)
     return run_dir
@@ -131,9 +131,26 @@ def test_runs_are_loaded_with_flattened_config_and_result_columns(sweep):
     assert len(runs.frame) == 10 and {KIND, RATE, "model.nhid", "optim.lr", "seed"} <= set(runs.config_keys)
     first = runs.frame.iloc[0]
     assert first["run_dir"] == str(sweep / "0") and first["status"] == "completed"
-    assert first["test_tokens"] == 82430 and first["device"] == "auto" and first["result.device"] == "cuda:0"
+    assert first["test_split_tokens"] == 82430 and first["device"] == "auto" and first["result.device"] == "cuda:0"
     assert "result.seed" not in runs.frame.columns  # a setting: read from the config only
     assert first["result.run_dir"] != first["run_dir"]  # the copied sweep was written elsewhere
+
+
+def test_runs_written_with_older_column_names_are_read_under_todays():
+    """The committed study runs name the split sizes and an epoch's tokens ``*_tokens``."""
+    from rnnlm.results import current_names
+    from rnnlm.summary.runs import load_runs, read_metrics
+
+    run_dir = Path(__file__).resolve().parents[1] / "docs" / "studies" / "recurrent_dropout_ptb" / "runs" / "0"
+    assert "train_tokens" in (run_dir / "result.csv").read_text().split("\n")[0].split(",")
+    (row,) = load_runs([run_dir]).frame.to_dict("records")
+    assert (row["train_split_tokens"], row["valid_split_tokens"], row["test_split_tokens"]) == (60000, 73760, 82430)
+    assert not {"train_tokens", "valid_tokens", "test_tokens"} & set(row) and row["dataset.train_tokens"] == 60000
+    metrics = read_metrics(run_dir)
+    assert "train_tokens" not in metrics and metrics["epoch_tokens"].iloc[0] == 59990
+    # the one mapping, per file: the same old name is an epoch's count in metrics.csv
+    assert current_names({"train_tokens": 1, "val_ppl": 2}, "metrics.csv") == {"epoch_tokens": 1, "val_ppl": 2}
+    assert current_names({"train_tokens": 1}, "result.csv") == {"train_split_tokens": 1}
 
 
 def test_settings_come_from_the_config_alone(tmp_path):

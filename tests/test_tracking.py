@@ -149,12 +149,12 @@ def test_tensorboard_gets_every_metrics_column_progress_and_the_result(run):
     scalars = tensorboard_scalars(state(run)["tensorboard"]["dir"])
     rows = metrics(run)
     for column in ("lr", "train_loss", "train_ppl", "val_loss", "val_ppl", "epoch_seconds", "tokens_per_second",
-                   "train_tokens"):
+                   "epoch_tokens"):
         assert scalars[column] == [(int(r["epoch"]), pytest.approx(float(r[column]), rel=1e-6)) for r in rows]
     steps = [step for step, _ in scalars["progress/train_loss"]]
     assert len(steps) >= 4 and steps == sorted(steps)  # every tenth of each epoch, in training tokens
-    assert steps[-1] <= sum(int(r["train_tokens"]) for r in rows)
-    last_of_epoch1 = max(v for s, v in scalars["progress/train_loss"] if s <= int(rows[0]["train_tokens"]))
+    assert steps[-1] <= sum(int(r["epoch_tokens"]) for r in rows)
+    last_of_epoch1 = max(v for s, v in scalars["progress/train_loss"] if s <= int(rows[0]["epoch_tokens"]))
     assert math.isfinite(last_of_epoch1) and len(scalars["progress/tokens_per_second"]) == len(steps)
     res = result(run)
     assert scalars["result/test_ppl"][0][1] == pytest.approx(float(res["test_ppl"]), rel=1e-6)
@@ -169,13 +169,13 @@ def test_mlflow_gets_the_config_metrics_result_and_status(run):
     assert client.get_experiment(mlrun.info.experiment_id).name == "rnnlm"  # a single run
     assert mlrun.info.run_name == " ".join(RUN)  # its overrides (the logger's own left out)
     rows = metrics(run)
-    for column in ("train_loss", "val_ppl", "lr", "train_tokens"):
+    for column in ("train_loss", "val_ppl", "lr", "epoch_tokens"):
         history = client.get_metric_history(mlrun.info.run_id, column)
         assert sorted((m.step, m.value) for m in history) == [
             (int(r["epoch"]), pytest.approx(float(r[column]))) for r in rows]
     assert mlrun.data.tags["stage"] == rows[-1]["stage"] and mlrun.data.tags["optimizer"] == rows[-1]["optimizer"]
     res = result(run)
-    for key in ("best_val_ppl", "test_ppl", "test_loss", "epochs_run", "n_params", "wall_seconds", "train_tokens"):
+    for key in ("best_val_ppl", "test_ppl", "test_loss", "epochs_run", "n_params", "wall_seconds", "train_split_tokens"):
         assert mlrun.data.metrics[f"result/{key}"] == pytest.approx(float(res[key]))
     assert mlrun.data.tags["status"] == "completed" and mlrun.data.tags["stop_reason"] == res["stop_reason"]
     assert mlrun.info.status == "FINISHED"
@@ -391,7 +391,7 @@ def test_a_run_resumed_after_a_crash_replaces_its_tensorboard_progress_points(ru
         with pytest.raises(crash_in_epoch_2):
             train(*loggers, f"hydra.run.dir={run_dir}")
     log_dir = state(run_dir)["tensorboard"]["dir"]
-    epoch1 = int(metrics(run_dir)[0]["train_tokens"])
+    epoch1 = int(metrics(run_dir)[0]["epoch_tokens"])
     deadline = time.monotonic() + 10  # the crashed process's tracker thread may still be writing
     while not any(step > epoch1 for step, _ in tensorboard_scalars(log_dir).get("progress/train_loss", [])):
         assert time.monotonic() < deadline, "the crashed epoch's progress points were never logged"

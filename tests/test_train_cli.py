@@ -34,7 +34,7 @@ def test_smoke_writes_both_csvs_with_documented_columns(smoke_run):
     assert result["status"] == "completed"
     corpus = tiny()
     assert int(result["vocab_size"]) == len(corpus.vocab)
-    assert int(result["train_tokens"]) == corpus.train.numel() and int(result["test_tokens"]) == corpus.test.numel()
+    assert int(result["train_split_tokens"]) == corpus.train.numel() and int(result["test_split_tokens"]) == corpus.test.numel()
     # It learns: validation perplexity falls, and the test perplexity is far below uniform
     # guessing over the vocabulary (perplexity = vocabulary size).
     assert float(metrics[-1]["val_ppl"]) < float(metrics[0]["val_ppl"])

@@ -1,12 +1,14 @@
 """What a run leaves on disk: crash-safe CSV files with documented columns."""
 
-from .columns import METRICS_COLUMNS, RESULT_COLUMNS, SETTING_COLUMNS
+from .columns import METRICS_COLUMNS, RESULT_COLUMNS, SETTING_COLUMNS, current_name, current_names
 from .files import read_csv, write_csv
 
 __all__ = [
     "METRICS_COLUMNS",
     "RESULT_COLUMNS",
     "SETTING_COLUMNS",
+    "current_name",
+    "current_names",
     "read_csv",
     "write_csv",
 ]

@@ -1,9 +1,18 @@
 """The columns of a run's ``metrics.csv`` (one row per epoch) and ``result.csv``
 (one row per run). docs/outputs.md documents each one; losses are in nats per
 token and ppl = exp(loss).
+
+Token counts have one name per meaning: ``dataset.train_tokens`` is the setting that
+trains on a head of the training split, ``epoch_tokens`` (metrics.csv) the training
+tokens an epoch saw, and ``train_split_tokens``, ``valid_split_tokens``,
+``test_split_tokens`` (result.csv) the size of each split as the run used it. Runs
+written by an older rnnlm name some columns differently; :func:`current_names` gives
+their rows today's names (:data:`OLD_NAMES`).
 """
 
 from __future__ import annotations
+
+from typing import Any, Mapping
 
 METRICS_COLUMNS = (
     "epoch",  # 1-based, counted across stages
@@ -17,7 +26,7 @@ METRICS_COLUMNS = (
     "val_ppl_main_lua",  # eval.main_lua_val: validation averaged as main.lua (empty otherwise)
     "epoch_seconds",  # wall time of the epoch's training and validation
     "tokens_per_second",  # training tokens per second of training time
-    "train_tokens",  # training tokens seen this epoch
+    "epoch_tokens",  # training tokens seen this epoch
     "validated",  # false: an epoch before trainer.validate_from, val_* left empty
     "weights",  # the weights validated: current | asgd | uniform | ema (trainer.average)
 )
@@ -68,9 +77,9 @@ RESULT_COLUMNS = (
     "status",  # running | completed | diverged | pruned (by a search: untested, finished) | interrupted | failed
     "stop_reason",  # max_epochs | max_minutes | finetune_converged | patience | diverged | pruned | interrupted_{train,finetune,test}
     "vocab_size",
-    "train_tokens",
-    "valid_tokens",
-    "test_tokens",
+    "train_split_tokens",  # tokens of the training split trained on: its first dataset.train_tokens when set
+    "valid_split_tokens",
+    "test_split_tokens",
     "n_params",
     "epochs_run",
     "asgd_epoch",  # first epoch trained with ASGD; empty if never switched
@@ -96,3 +105,23 @@ RESULT_COLUMNS = (
     "overrides",  # the command-line overrides of the run, space-separated
     "run_dir",  # relative to the working directory when below it
 ) + SETTING_COLUMNS
+
+# file -> {name an older rnnlm wrote: today's name}; the same old name can mean different
+# things in different files (``train_tokens``: an epoch's tokens in metrics.csv, the
+# training split's in result.csv).
+OLD_NAMES: dict[str, dict[str, str]] = {
+    "metrics.csv": {"train_tokens": "epoch_tokens"},
+    "result.csv": {"train_tokens": "train_split_tokens", "valid_tokens": "valid_split_tokens",
+                   "test_tokens": "test_split_tokens"},
+}
+
+
+def current_name(column: str, file: str) -> str:
+    """Today's name of ``column`` as read from a run's ``file`` (``metrics.csv`` or
+    ``result.csv``, or a checkpoint's metrics rows: ``metrics.csv``)."""
+    return OLD_NAMES[file].get(column, column)
+
+
+def current_names(row: Mapping[str, Any], file: str) -> dict[str, Any]:
+    """``row`` of a run's ``file`` with every column under today's name (:func:`current_name`)."""
+    return {current_name(k, file): v for k, v in row.items()}

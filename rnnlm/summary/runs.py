@@ -7,7 +7,8 @@ every flattened config key (``dropout.recurrent.kind``, ...) and the outcome col
 that share a name with a config key or ``run_dir`` are renamed ``result.<name>``
 (``result.device``: the device used where the config may say ``auto``;
 ``result.run_dir``: where the run was written); ``dropout.recurrent.mask`` is ``—`` for a
-scheme without a mask. A run without a readable result.csv
+scheme without a mask. Columns that an older rnnlm named differently are read under
+today's names (:func:`rnnlm.results.current_name`). A run without a readable result.csv
 counts as ``failed`` and ``note`` says why. :func:`eval_pair` reads the perplexities
 that ``rnnlm eval`` wrote to ``eval.csv``.
 """
@@ -28,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..config import flatten
-from ..results import SETTING_COLUMNS
+from ..results import SETTING_COLUMNS, current_name
 
 CONFIG_FILE = Path(".hydra") / "config.yaml"
 # result.csv columns that copy the config
@@ -88,7 +89,7 @@ def _record(run_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
     """The run's row: where, status and note, its config, then its result.csv outcomes."""
     result, note = {}, ""
     try:
-        rows = pd.read_csv(run_dir / "result.csv")
+        rows = pd.read_csv(run_dir / "result.csv").rename(columns=lambda c: current_name(c, "result.csv"))
         result, note = (rows.iloc[0].to_dict(), "") if len(rows) else ({}, "empty result.csv")
     except FileNotFoundError:
         note = "no result.csv"
@@ -119,7 +120,7 @@ def read_metrics(run_dir: str | Path) -> pd.DataFrame | None:
     """A run's metrics.csv, one row per epoch (a resumed run may have written an epoch's row
     twice: the last is kept); None when it is missing or unreadable."""
     try:
-        metrics = pd.read_csv(Path(run_dir) / "metrics.csv")
+        metrics = pd.read_csv(Path(run_dir) / "metrics.csv").rename(columns=lambda c: current_name(c, "metrics.csv"))
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
         return None
     if {"stage", "epoch"} <= set(metrics.columns):

@@ -10,8 +10,8 @@ calls, at four points:
   since the start of the run);
 * each epoch's end: every column of its ``metrics.csv`` row, against ``epoch``;
 * the end: the numbers of ``result.csv`` that are not settings as ``result/<column>``
-  (``result/test_ppl``; ``result/train_tokens`` is the corpus's, ``train_tokens`` an
-  epoch's), with ``status`` and ``stop_reason``.
+  (``result/test_ppl``, ``result/train_split_tokens``: the training split's size, where
+  an epoch's row has ``epoch_tokens``), with ``status`` and ``stop_reason``.
 
 ``rnnlm eval`` adds its rows to the same tracker run (``eval/<method>_<split>_ppl`` and
 ``_loss``). One module per tracker (:mod:`.tensorboard`, :mod:`.mlflow`, :mod:`.wandb`)

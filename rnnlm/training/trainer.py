@@ -339,7 +339,7 @@ class Trainer:
             "val_ppl_main_lua": main_lua,
             "epoch_seconds": st.train_seconds + (time.monotonic() - t0),
             "tokens_per_second": st.tokens / max(st.train_seconds, 1e-9),
-            "train_tokens": st.tokens,
+            "epoch_tokens": st.tokens,
             "validated": validate,
             "weights": self.weights_name() if validate else None,
         }
