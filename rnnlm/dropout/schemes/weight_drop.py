@@ -17,14 +17,21 @@ gate_column    (4, 1, H)    a column mask per gate block (= Gal untied, per
                             minibatch)
 =============  ===========  =====================================================
 
-The raw weight stays an ordinary ``nn.LSTM`` Parameter; each forward computes the
-dropped weight and calls the LSTM through ``torch.func.functional_call`` (no
-``del _parameters`` monkey-patch, no ``parametrize``), so the gradient reaches
-the raw weight. All masks, row included, are off in ``eval()`` (awd-lstm-lm's
-``WeightDrop(variational=True)`` keeps its row masks on at test time).
+The raw weight stays an ordinary ``nn.LSTM`` Parameter (no ``del _parameters``
+monkey-patch, no ``parametrize``). Each training forward writes the layer's weights, with
+``W_hh * mask`` in place of ``W_hh``, into one persistent buffer (:class:`FlatWeights`) laid
+out as the fused LSTM kernel wants them, and calls the LSTM on views of it through
+``torch.func.functional_call``; the gradient reaches the raw weights through
+:class:`_DropIntoFlat`. On CUDA that layout is cuDNN's: the kernel uses the buffer as its
+weight buffer instead of copying the weights into a new one each forward (cuDNN's "weights
+are not part of single contiguous chunk of memory" path), and the addresses stay the same
+from step to step, as CUDA graphs need. All masks, row included, are off in ``eval()``
+(awd-lstm-lm's ``WeightDrop(variational=True)`` keeps its row masks on at test time).
 """
 
 from __future__ import annotations
+
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -53,6 +60,64 @@ class WeightDrop(RecurrentScheme):
         return WeightDropLSTM(input_size, hidden_size, rate, mask)
 
 
+class FlatWeights:
+    """One buffer holding an ``nn.LSTM`` layer's weights (``w_ih``, ``w_hh``, ``b_ih``, ``b_hh``)
+    where the fused kernel expects them: at the offsets of the layer's own parameters when
+    those are views of one flat storage (what ``nn.LSTM.flatten_parameters`` makes on CUDA,
+    in cuDNN's layout), else one after the other."""
+
+    def __init__(self, params: Sequence[torch.Tensor]) -> None:
+        self.key = self.layout_key(params)
+        self.shapes = [(p.shape, p.stride()) for p in params]
+        self.offsets = self.key[2]
+        self.buffer = torch.empty(self.key[3], dtype=params[0].dtype, device=params[0].device)
+
+    @staticmethod
+    def layout_key(params: Sequence[torch.Tensor]) -> tuple:
+        """(device, dtype, element offsets, buffer size) of ``params``' flat layout."""
+        p0 = params[0]
+        storage = p0.untyped_storage()
+        shared = all(p.untyped_storage().data_ptr() == storage.data_ptr() for p in params)
+        size = sum(p.numel() for p in params)
+        if shared and storage.nbytes() == size * p0.element_size():
+            offsets = tuple(p.storage_offset() for p in params)
+        else:
+            offsets, start = [], 0
+            for p in params:
+                offsets.append(start)
+                start += p.numel()
+            offsets = tuple(offsets)
+        return p0.device, p0.dtype, offsets, size
+
+    def views(self) -> list[torch.Tensor]:
+        """The four weights as views of the buffer (new view objects, the same memory)."""
+        return [self.buffer.as_strided(shape, stride, offset)
+                for (shape, stride), offset in zip(self.shapes, self.offsets)]
+
+
+class _DropIntoFlat(torch.autograd.Function):
+    """``(w_ih, w_hh * mask, b_ih, b_hh)`` written into ``flat``'s buffer, returned as views of it.
+    Backward: the incoming gradients, with ``d w_hh = d(dropped) * mask``."""
+
+    @staticmethod
+    def forward(ctx, flat: FlatWeights, mask, w_ih, w_hh, b_ih, b_hh):
+        views = flat.views()
+        H = w_hh.shape[1]
+        views[0].copy_(w_ih)
+        torch.mul(w_hh.view(4, H, H), mask, out=views[1].view(4, H, H))
+        views[2].copy_(b_ih)
+        views[3].copy_(b_hh)
+        ctx.save_for_backward(mask)
+        return tuple(views)
+
+    @staticmethod
+    def backward(ctx, d_ih, d_hh, d_bih, d_bhh):
+        (mask,) = ctx.saved_tensors
+        H = d_hh.shape[1] if d_hh is not None else 0
+        d_w_hh = None if d_hh is None else (d_hh.view(4, H, H) * mask).view(4 * H, H)
+        return None, None, d_ih, d_w_hh, d_bih, d_bhh
+
+
 class WeightDropLSTM(StochasticModule):
     """A one-layer LSTM ``(T, B, I) -> (T, B, H)`` with DropConnect on ``weight_hh_l0``."""
 
@@ -62,6 +127,21 @@ class WeightDropLSTM(StochasticModule):
         self.lstm = nn.LSTM(input_size, hidden_size)
         self.p = p
         self.mask = mask
+        self.flat: Optional[FlatWeights] = None  # made at the first masked forward
+
+    @property
+    def flat_buffer(self) -> Optional[torch.Tensor]:
+        """The persistent buffer the masked forward calls the LSTM kernel on (None before one)."""
+        return None if self.flat is None else self.flat.buffer
+
+    def flat_weights(self, mask: torch.Tensor) -> list[torch.Tensor]:
+        """The layer's weights with ``W_hh * mask``, as views of the persistent buffer, made (or
+        remade, after a move to another device or dtype) to the parameters' current layout."""
+        lstm = self.lstm
+        params = [lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0]
+        if self.flat is None or self.flat.key != FlatWeights.layout_key(params):
+            self.flat = FlatWeights(params)
+        return list(_DropIntoFlat.apply(self.flat, mask.to(params[1].dtype), *params))
 
     def sample_mask(self) -> torch.Tensor:
         """A mask that broadcasts against W_hh viewed as (4, H, H); values in {0, 1/(1-p)}."""
@@ -80,8 +160,9 @@ class WeightDropLSTM(StochasticModule):
             if not self.stochastic or self.p == 0:
                 return lstm_kernel(self.lstm, x, hx)
             mask = self.held_mask("mask", self.sample_mask)
-        weight = self.dropped_weight(mask)
-        return lstm_kernel(lambda x, hx: functional_call(self.lstm, {"weight_hh_l0": weight}, (x, hx)), x, hx)
+        names = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
+        weights = dict(zip(names, self.flat_weights(mask)))
+        return lstm_kernel(lambda x, hx: functional_call(self.lstm, weights, (x, hx)), x, hx)
 
     def extra_repr(self) -> str:
         return f"p={self.p}, mask={self.mask}"
