@@ -142,7 +142,7 @@ def test_the_summary_counts_no_pruned_run_as_completed(tmp_path, capsys):
 
 
 def test_a_finished_run_is_read_as_it_ended(tmp_path):
-    from hydra_plugins.rnnlm_optuna_sweeper.optuna_sweeper import Finished, finished_run
+    from rnnlm.search.trials import Finished, finished_run
 
     def outcome(**row):
         (tmp_path / "result.csv").unlink(missing_ok=True)
@@ -187,7 +187,7 @@ def test_the_best_trial_is_never_a_diverged_one(tmp_path):
     import optuna
     from optuna.distributions import FloatDistribution
 
-    from hydra_plugins.rnnlm_optuna_sweeper.optuna_sweeper import RESULTS
+    from rnnlm.search.trials import RESULTS
 
     sweeper = make_sweeper()
     s = sweeper_study(sweeper, tmp_path)
@@ -211,7 +211,7 @@ def make_sweeper(sampler: str = "random"):
 
 
 def sweeper_study(sweeper, sweep: Path):
-    from hydra_plugins.rnnlm_optuna_sweeper import _study
+    from rnnlm.search import study as _study
 
     sweeper.sweep_dir = sweep
     sweeper.store = _study.storage(None, sweep)
@@ -224,7 +224,7 @@ def test_telling_a_trial_another_search_told_first_is_logged_not_raised(tmp_path
     from optuna.distributions import FloatDistribution
     from optuna.trial import TrialState
 
-    from hydra_plugins.rnnlm_optuna_sweeper.optuna_sweeper import Finished
+    from rnnlm.search.trials import Finished
 
     sweeper = make_sweeper()
     s = sweeper_study(sweeper, tmp_path)
@@ -249,7 +249,7 @@ def test_a_trial_a_live_process_holds_is_left_to_it(tmp_path):
     from optuna.distributions import FloatDistribution
     from optuna.trial import TrialState
 
-    from hydra_plugins.rnnlm_optuna_sweeper._locks import TrialLocks
+    from rnnlm.search.locks import TrialLocks
     from rnnlm.rundir import claim_new
 
     sweep = tmp_path / "sweep"

@@ -1,7 +1,8 @@
 """The config of ``hydra/sweeper=rnnlm_blocks``, registered in Hydra's ConfigStore.
 
-Hydra imports every module of the ``hydra_plugins`` namespace package at start-up, which
-registers this node.
+Hydra imports every module of the ``hydra_plugins`` namespace package at start-up (where an
+editable install hides them from that scan, :func:`rnnlm.cli.sweepers.ensure_sweepers` imports
+this one), which registers this node.
 """
 
 from dataclasses import dataclass

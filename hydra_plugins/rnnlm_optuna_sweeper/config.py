@@ -1,13 +1,18 @@
 """The config of ``hydra/sweeper=rnnlm_optuna``, registered in Hydra's ConfigStore.
 
-Hydra imports every module of the ``hydra_plugins`` namespace package at start-up, which
-registers this node; Optuna itself is imported only when a search runs.
+Hydra imports every module of the ``hydra_plugins`` namespace package at start-up (where an
+editable install hides them from that scan, :func:`rnnlm.cli.sweepers.ensure_sweepers` imports
+this one), which registers this node; Optuna itself is imported only when a search runs. The sweeper's
+``_target_`` is :data:`rnnlm.search.reporter.SWEEPER_TARGET`, by which a job knows that its
+search is this one and reports its epochs to its trial.
 """
 
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
 from hydra.core.config_store import ConfigStore
+
+from rnnlm.search.reporter import SWEEPER_TARGET
 
 
 @dataclass
@@ -31,7 +36,7 @@ class PrunerConf:
 
 @dataclass
 class RnnlmOptunaSweeperConf:
-    _target_: str = "hydra_plugins.rnnlm_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    _target_: str = SWEEPER_TARGET
     direction: str = "minimize"  # of the task function's return: the best validation perplexity
     study_name: str = "rnnlm"
     # None: an Optuna journal file, SWEEP_DIR/optuna.journal; else an RDB URL (sqlite:///x.db,

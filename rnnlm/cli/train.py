@@ -24,7 +24,7 @@ as one job ends with an error.
 
 The task function returns the best validation perplexity: the objective of an
 optimising sweeper (``sweep=optuna_dropout``, ``hydra/sweeper=rnnlm_optuna``), whose pruner, if
-any, hears of every epoch through ``stop_early``.
+any, hears of every epoch through ``stop_early`` (:mod:`rnnlm.search.reporter`).
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ import torch
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.plugins import Plugins
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
@@ -60,6 +59,7 @@ from ..data import DataError, load_dataset
 from ..run import check_batch_sizes, train
 from ..rundir import CLAIM, ClaimError, claim_held
 from ..runtime import resolve_device, sweep_device
+from ..search.reporter import job_reporter
 from ..tracking import check as check_trackers
 from ..tracking.config import LoggerConfig
 from ..training import CheckpointError
@@ -67,19 +67,12 @@ from ..training.signals import SIGNALS, STOP_FILE, request_stop, stop_requested,
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, describe, fail
 from .resume import (AUTO, HYDRA_DIR, NAMED, RESUME_ENV, RunFinished, claim_run_dir, keep_saved_budget,
                      named_resume_argv, override_key)
+from .sweepers import ensure_sweepers
 
 log = logging.getLogger("rnnlm")
 
 ConfigStore.instance().store(name="run_config_schema", node=RunConfig)
-# hydra/sweeper=rnnlm_optuna and rnnlm_blocks. Hydra finds plugins by scanning the hydra_plugins
-# namespace package, which an editable install hides from it; Plugins.register is its public fallback.
-import hydra_plugins.rnnlm_blocks_sweeper.config  # noqa: E402,F401  (registers the sweeper's config)
-import hydra_plugins.rnnlm_optuna_sweeper.config  # noqa: E402,F401
-from hydra_plugins.rnnlm_blocks_sweeper.blocks_sweeper import BlocksSweeper  # noqa: E402
-from hydra_plugins.rnnlm_optuna_sweeper.optuna_sweeper import OptunaSweeper, job_pruner  # noqa: E402
-
-Plugins.instance().register(OptunaSweeper)
-Plugins.instance().register(BlocksSweeper)
+ensure_sweepers()  # hydra/sweeper=rnnlm_optuna and rnnlm_blocks, also from an editable install
 # ${rnnlm.tag:} in the default run and sweep directories: a short random tag, so runs started
 # in the same microsecond still get different directories. Cached, so it is one value per
 # config (Hydra copies the cache into every job of a sweep).
@@ -371,7 +364,7 @@ def hydra_train(dcfg: DictConfig) -> float:
                 group = None if single_run else Path(str(hc.sweep.dir)).name
                 result = train(cfg, run_dir, overrides=overrides, resume=resume, name=run_name(overrides, single_run),
                                group=group,
-                               stop_early=None if single_run else job_pruner(hc.sweeper, hc.sweep.dir, hc.job.num))
+                               stop_early=None if single_run else job_reporter(hc.sweeper, hc.sweep.dir, hc.job.num))
             except CheckpointError as exc:  # the checkpoint to continue from cannot be read
                 if single_run:
                     raise SystemExit(fail(str(exc))) from None

@@ -1,20 +1,20 @@
-"""The Optuna side of a search, shared by the sweeper and its jobs: where the study is
-stored, its sampler and pruner, and the epoch reports through which a job's trial is pruned.
+"""The Optuna study of a search: where it is stored, how it is opened, its sampler and pruner,
+and how a diverged trial counts.
 
 Only public Optuna APIs: ``optuna.create_study``/``load_study``, the storages
-(``JournalStorage`` over ``JournalFileBackend``, or an RDB URL), ``BaseStorage`` methods
-for a trial's intermediate values and user attributes, and ``BasePruner.prune``, which is
-what ``Trial.should_prune`` asks (optuna/trial/_trial.py).
+(``JournalStorage`` over ``JournalFileBackend``, or an RDB URL) and ``BaseStorage`` methods.
+The samplers are TPE (Bergstra et al. 2011, "Algorithms for Hyper-Parameter Optimization",
+NeurIPS) and random search; a diverged trial is COMPLETE with a penalty value and a violated
+constraint (:func:`diverged`), which TPE handles as Optuna's ``TPESampler`` documents for
+``constraints_func`` (its own variant of constrained TPE, not the c-TPE of Watanabe & Hutter
+2023). The pruners are Optuna's median and Hyperband (Li et al. 2018, JMLR 18(185)) pruners.
+Optuna is imported only when a study is opened.
 """
 
 from __future__ import annotations
 
-import logging
-import math
 from pathlib import Path
-from typing import Any, Callable, Mapping
-
-log = logging.getLogger(__name__)
+from typing import Any, Mapping
 
 JOURNAL = "optuna.journal"
 PRUNED_AT = "pruned_at_epoch"  # user attribute of a trial its job stopped early
@@ -105,29 +105,3 @@ def open_study(cfg: Mapping[str, Any], store: Any, create: bool = True) -> Any:
     if create:
         return optuna.create_study(direction=cfg["direction"], load_if_exists=True, **kwargs)
     return optuna.load_study(**kwargs)
-
-
-def epoch_reporter(cfg: Mapping[str, Any], sweep_dir: str | Path, number: int) -> Callable[[Mapping[str, Any]], bool] | None:
-    """For the job of trial ``number``: a callable that reports an epoch's ``val_ppl`` to the
-    trial and says whether the pruner stops it there; None when the search prunes nothing."""
-    if (cfg.get("pruner") or {}).get("name", "none") == "none":
-        return None
-    store = storage(cfg.get("storage"), sweep_dir)
-    study = open_study(cfg, store, create=False)
-    trial_id = store.get_trial_id_from_study_id_trial_number(store.get_study_id_from_name(cfg["study_name"]), number)
-
-    def report(row: Mapping[str, Any]) -> bool:
-        epoch, value = int(row["epoch"]), float(row[OBJECTIVE])
-        if not math.isfinite(value):
-            return False
-        try:
-            store.set_trial_intermediate_value(trial_id, epoch, value)
-            if study.pruner.prune(study, store.get_trial(trial_id)):
-                store.set_trial_user_attr(trial_id, PRUNED_AT, epoch)
-                log.info("trial %d pruned after epoch %d (%s %.2f)", number, epoch, OBJECTIVE, value)
-                return True
-        except Exception as exc:  # noqa: BLE001 - the study's storage failing must not stop training
-            log.warning("cannot report epoch %d to the Optuna study (%s); trial %d trains on", epoch, exc, number)
-        return False
-
-    return report

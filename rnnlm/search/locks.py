@@ -2,15 +2,15 @@
 
 A RUNNING trial is *held* while a live process holds either of two ``flock`` locks:
 
-* the sweeper's, on ``SWEEP_DIR/.optuna-trials/<N>``: taken right after ``study.ask`` creates
-  trial N (or when a sweeper takes over a trial left running) and kept until the sweeper has
+* the search's, on ``SWEEP_DIR/.optuna-trials/<N>``: taken right after ``study.ask`` creates
+  trial N (or when a search takes over a trial left running) and kept until the search has
   told the study the trial's outcome;
 * the job's, on ``SWEEP_DIR/<N>/.rnnlm-claim`` (:mod:`rnnlm.rundir`): held by the run's own
-  process for as long as it lives, also after the sweeper that launched it is gone (a SLURM
+  process for as long as it lives, also after the search that launched it is gone (a SLURM
   job outlives a search killed on the login node).
 
 A RUNNING trial that neither lock holds is *stale*: the search that ran it stopped. Taking
-the sweeper's lock is also how a process claims a trial, so of two searches that find one
+the search's lock is also how a process claims a trial, so of two searches that find one
 stale trial at the same moment exactly one runs it, and a trial another search has just
 asked for (and not yet locked) is either locked by that search or run by this one, never
 by both. The kernel drops a flock when its process ends in any way (``kill -9``, the OOM
@@ -43,7 +43,7 @@ def _no_flock(where: Path) -> None:
 
 
 class TrialLocks:
-    """The sweeper's locks on the trials this process runs (see the module docstring)."""
+    """The search's locks on the trials this process runs (see the module docstring)."""
 
     def __init__(self, sweep_dir: Path):
         self.dir = Path(sweep_dir) / LOCK_DIR
@@ -81,7 +81,7 @@ class TrialLocks:
 
 def job_alive(job_dir: Path) -> bool:
     """Whether a live process holds the run claim of ``job_dir`` (its job is still running),
-    by :func:`rnnlm.rundir.claim_held`. Call it only while holding the trial's sweeper lock,
+    by :func:`rnnlm.rundir.claim_held`. Call it only while holding the trial's search lock,
     so that no job of this study is starting in ``job_dir`` meanwhile (a job starting at that
     moment could find its claim busy)."""
     held = claim_held(job_dir)
