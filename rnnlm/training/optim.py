@@ -15,8 +15,10 @@ import torch
 from torch import nn
 
 
-def make_sgd(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    return torch.optim.SGD(model.parameters(), lr=lr, weight_decay=weight_decay)
+def make_sgd(model: nn.Module, lr: float, weight_decay: float, fused: bool = False) -> torch.optim.Optimizer:
+    """SGD; ``fused``: torch's fused kernel, which takes a gradient scaler's ``grad_scale`` and
+    ``found_inf`` on the device (a skipped fp16 step costs no host sync)."""
+    return torch.optim.SGD(model.parameters(), lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
 class AveragedSGD(torch.optim.ASGD):
@@ -34,7 +36,14 @@ class AveragedSGD(torch.optim.ASGD):
 
     ``eta`` is updated after the step, so a step uses the lr of the step before (as
     torch's ASGD, and so awd-lstm-lm). State dicts load both ways with ``torch.optim.ASGD``.
+
+    Under a ``torch.amp.GradScaler`` it takes the scaler's ``grad_scale`` and ``found_inf``
+    tensors as torch's fused optimisers do (``_step_supports_amp_scaling``): gradients are
+    divided by ``grad_scale`` if the scaler has not unscaled them, and a step with ``found_inf``
+    changes nothing (parameters, ``ax``, ``step``, ``mu``, ``eta``), decided on the device.
     """
+
+    _step_supports_amp_scaling = True
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -68,10 +77,11 @@ class AveragedSGD(torch.optim.ASGD):
             if not params:
                 continue
             lr, lambd, alpha, t0 = float(group["lr"]), group["lambd"], group["alpha"], group["t0"]
-            torch._foreach_add_(steps, 1)
+            grads, etas_now, mus_now, count = self._scaled(grads, etas, mus)
+            torch._foreach_add_(steps, count)
             update = torch._foreach_add(grads, params, alpha=group["weight_decay"] + lambd)
-            torch._foreach_addcmul_(params, update, etas, value=-1)
-            torch._foreach_addcmul_(axs, torch._foreach_sub(params, axs), mus)
+            torch._foreach_addcmul_(params, update, etas_now, value=-1)
+            torch._foreach_addcmul_(axs, torch._foreach_sub(params, axs), mus_now)
             new_mus = torch._foreach_sub(steps, t0)
             torch._foreach_maximum_(new_mus, 1.0)
             torch._foreach_reciprocal_(new_mus)
@@ -85,19 +95,38 @@ class AveragedSGD(torch.optim.ASGD):
         return loss
 
 
+    def _scaled(self, grads, etas, mus):
+        """The gradients, step sizes and averaging weights of this step, and what ``step`` grows
+        by: as given, or under a gradient scaler, unscaled and zero where ``found_inf`` is set."""
+        grad_scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
+        if grad_scale is not None:
+            grads = torch._foreach_div(grads, grad_scale.to(grads[0].device))
+        if found_inf is None:
+            return grads, etas, mus, 1
+        skip = found_inf.to(grads[0].device) > 0
+        keep = (~skip).to(etas[0].dtype)
+        grads = [torch.where(skip, 0.0, g) for g in grads]  # inf * 0 would be NaN
+        return grads, torch._foreach_mul(etas, keep), torch._foreach_mul(mus, keep), keep
+
+
 def make_asgd(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     return AveragedSGD(model.parameters(), lr=lr, t0=0, lambd=0.0, weight_decay=weight_decay)
 
 
 @torch.no_grad()
-def shrink_weights(model: nn.Module, shrink: float) -> None:
+def shrink_weights(model: nn.Module, shrink: float, stepped: torch.Tensor | None = None) -> None:
     """``w *= 1 - shrink`` for every parameter, after the optimiser step.
 
     The weight decay of Gal's LM code (``paramx:add(-weight_decay, paramx)`` after the
     SGD update): a fixed fraction per step, unlike an L2 term that the lr scales.
+    ``stepped``: a 0-d bool tensor, False where a gradient scaler skipped the step (then
+    nothing shrinks, decided on the device).
     """
-    for p in model.parameters():
-        p.mul_(1.0 - shrink)
+    params = list(model.parameters())
+    if stepped is None:
+        torch._foreach_mul_(params, 1.0 - shrink)
+    else:
+        torch._foreach_mul_(params, 1.0 - shrink * stepped.to(params[0].dtype))
 
 
 def is_asgd(optimizer: torch.optim.Optimizer) -> bool:

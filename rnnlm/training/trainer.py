@@ -112,7 +112,9 @@ class Trainer:
         self.should_stop = should_stop
         self.on_progress = on_progress
         self.state = TrainState(lr=cfg.optim.lr)
-        self.optimizer = make_sgd(model, cfg.optim.lr, cfg.optim.weight_decay)
+        self.scaler = grad_scaler(cfg.precision, train_data.device)  # fp16 only
+        # Under fp16 the fused SGD kernel, which skips a step with inf/NaN gradients on the device.
+        self.optimizer = make_sgd(model, cfg.optim.lr, cfg.optim.weight_decay, fused=self.scaler is not None)
         self.device = train_data.device
         self.streams = RandomStreams(stream_seeds(cfg), self.device)
         self.streams.attach(model)
@@ -121,7 +123,6 @@ class Trainer:
         self.hidden = None  # carried across segments within an epoch
         self.interrupted = False
         self.autocast = lambda: autocast(cfg.precision, self.device)
-        self.scaler = grad_scaler(cfg.precision, self.device)  # fp16 only
         # Device-side sums since the last check (_check_loss): raw loss x tokens, and the
         # optimised loss (with AR/TAR), whose finiteness stands for every step's.
         self._loss_sum = self._objective_sum = None
@@ -271,20 +272,23 @@ class Trainer:
             loss = loss * targets.size(0)
         self._objective_sum = self._accumulate(self._objective_sum, loss.detach())
         params = self.model.parameters()
+        stepped = None  # a 0-d bool tensor under fp16: whether the scaler let the step happen
         if self.scaler is None:
             loss.backward()
             if cfg.optim.clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip)
             self.optimizer.step()
-        else:  # fp16: scaled loss; the scaler skips the step on inf/NaN gradients (one sync)
+        else:  # fp16: scaled loss; on inf/NaN gradients the optimisers skip the step on the device
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
-            if cfg.optim.clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip)
-            self.scaler.step(self.optimizer)
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            norm = (torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip) if cfg.optim.clip > 0
+                    else torch.nn.utils.get_total_norm(grads))
+            stepped = torch.isfinite(norm)  # what the scaler's found_inf says, from the norm
+            self.scaler.step(self.optimizer)  # fused SGD / AveragedSGD take found_inf: no sync
             self.scaler.update()
         if cfg.optim.weight_shrink:
-            shrink_weights(self.model, cfg.optim.weight_shrink)
+            shrink_weights(self.model, cfg.optim.weight_shrink, stepped)
         if self.average is not None:
             self.average.update()
         self.hidden = out.hidden
@@ -405,8 +409,10 @@ class Trainer:
     def load_state_dict(self, payload: dict[str, Any]) -> None:
         self.model.load_state_dict(payload["model"])
         wd = self.cfg.optim.weight_decay
-        make = make_asgd if payload["optimizer_kind"] == "asgd" else make_sgd
-        self.optimizer = make(self.model, self.cfg.optim.lr, wd)
+        if payload["optimizer_kind"] == "asgd":
+            self.optimizer = make_asgd(self.model, self.cfg.optim.lr, wd)
+        else:
+            self.optimizer = make_sgd(self.model, self.cfg.optim.lr, wd, fused=self.scaler is not None)
         self.optimizer.load_state_dict(payload["optimizer"])
         self.state = TrainState(**payload["trainer"])
         self.streams.data.set_state(payload["generator"])
