@@ -151,6 +151,31 @@ def test_a_run_whose_checkpoint_has_older_metrics_names_resumes(reference, tmp_p
     assert numbers(run_dir)[0] == numbers(reference)[0]
 
 
+def test_both_ways_of_resuming_allow_the_same_changes(reference, tmp_path, monkeypatch, capsys):
+    """A budget key or a tracker may change on resume=RUN_DIR as on resume=auto; any other
+    setting is refused by both, and both refusals state the one rule."""
+    from rnnlm.cli.resume import RESUME_RULE, check_same_config, load_saved_config, named_resume_argv
+    from rnnlm.config import ConfigError
+    from rnnlm.rundir import ClaimError
+
+    allowed = ["logger=tensorboard", "logger.tensorboard.dir=tb", "trainer.max_epochs=5", "device=cpu"]
+    assert set(allowed) <= set(named_resume_argv(reference, allowed))
+    check_same_config(reference, load_saved_config(reference, ["logger.tensorboard.dir=tb", "trainer.max_epochs=5"]))
+    with pytest.raises(ConfigError, match="cannot change on resume") as named:
+        named_resume_argv(reference, ["dropout.output=0.1"])
+    with pytest.raises(ClaimError, match="different config") as auto:
+        check_same_config(reference, load_saved_config(reference, ["dropout.output=0.1"]))
+    assert RESUME_RULE in str(named.value) and RESUME_RULE in str(auto.value)
+
+    run_dir = tmp_path / "run"  # resume=RUN_DIR adds a tracker to a stopped run and finishes it
+    with monkeypatch.context() as patch:
+        sigterm_on_call(patch, "rnnlm.training.trainer.segment_losses", 2)
+        assert rnnlm_main(["train", *RUN, f"hydra.run.dir={run_dir}"]) == 130
+    assert rnnlm_main(["train", f"resume={run_dir}", "logger=tensorboard"]) == 0
+    assert numbers(run_dir)[0] == numbers(reference)[0]
+    assert (run_dir / "tensorboard").is_dir() and read_rows(run_dir / "result.csv")[0]["status"] == "completed"
+
+
 def test_resume_auto_with_an_unreadable_checkpoint_is_one_line(reference, tmp_path, capsys):
     run_dir = tmp_path / "run"
     shutil.copytree(reference, run_dir)

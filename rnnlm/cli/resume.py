@@ -4,14 +4,16 @@
   requeued SLURM job): a directory that holds a stopped run of the same config is taken
   over and continued from its checkpoint, a finished one is passed over, and an unused
   one starts afresh.
-* ``rnnlm train resume=RUN_DIR [budget overrides]``: the run's saved overrides, with its
-  saved budget unless one is given, replayed by Hydra with ``hydra.run.dir=RUN_DIR``
+* ``rnnlm train resume=RUN_DIR [budget or tracker overrides]``: the run's saved overrides,
+  with its saved budget unless one is given, replayed by Hydra with ``hydra.run.dir=RUN_DIR``
   under the same rules, except that the run must exist, have a checkpoint and not be
   finished, since continuing it is what was asked for.
 
-Either way :func:`claim_run_dir` decides, in the job, after Hydra has composed the
-config: the claim, the config check (only :func:`may_differ_on_resume` keys may
-differ) and the status check live there and nowhere else.
+Both ways hold a continued run to one rule, :func:`may_change_on_resume`: only its
+budget, where it runs and which trackers watch it may change (resume=RUN_DIR refuses any
+other override before Hydra runs; resume=auto refuses a saved config that differs
+elsewhere). :func:`claim_run_dir` decides, in the job, after Hydra has composed the
+config: the claim, the config check and the status check live there and nowhere else.
 """
 
 from __future__ import annotations
@@ -34,8 +36,15 @@ HYDRA_DIR = ".hydra"
 # requeued job carry it): AUTO for resume=auto, NAMED for resume=RUN_DIR.
 RESUME_ENV = "RNNLM_RESUME"
 AUTO, NAMED = "auto", "named"
-# What a continued run may change: its budget and where it runs; none of them changes what is trained.
+# A continued run's budget and where it runs: it may change them, and resume=RUN_DIR keeps the
+# saved value of each one not given (keep_saved_budget).
 BUDGET_KEYS = ("trainer.max_epochs", "trainer.max_minutes", "trainer.finetune_epochs", "trainer.progress", "device")
+# The config group of the trackers (``logger=[tensorboard,mlflow]``, ``logger.mlflow.*``): a
+# continued run may change it, and a run that gives none replays its saved one.
+TRACKERS_KEY = "logger"
+# The rule of may_change_on_resume, as both refusals state it.
+RESUME_RULE = (f"a continued run may change only its budget and where it runs ({', '.join(BUDGET_KEYS)}) "
+               f"and its trackers ({TRACKERS_KEY}=..., {TRACKERS_KEY}.*)")
 
 
 class RunFinished(Exception):
@@ -49,10 +58,13 @@ class RunFinished(Exception):
         self.best = best
 
 
-def may_differ_on_resume(key: str) -> bool:
-    """Settings a continued run may have changed: its budget and where it runs (BUDGET_KEYS),
-    and which trackers watch it (``logger.*``); none of them changes what is trained."""
-    return key in BUDGET_KEYS or key.startswith("logger.")
+def may_change_on_resume(key: str) -> bool:
+    """Whether a continued run may differ from its saved config at ``key``: its budget and
+    where it runs (BUDGET_KEYS) and which trackers watch it (``logger`` and the keys below
+    it), none of which changes what is trained. ``key`` is a flattened setting
+    (``logger.mlflow.tracking_uri``, for resume=auto's config check) or the key an override
+    sets (``logger`` of ``logger=[tensorboard,mlflow]``, for resume=RUN_DIR's changes)."""
+    return key in BUDGET_KEYS or key == TRACKERS_KEY or key.startswith(f"{TRACKERS_KEY}.")
 
 
 def load_saved_config(run_dir: Path, changes: list[str]) -> RunConfig:
@@ -70,16 +82,17 @@ def override_key(override: str) -> str:
 
 def named_resume_argv(run_dir: Path, changes: list[str]) -> list[str]:
     """The Hydra command line that continues the run in ``run_dir``: its saved overrides,
-    ``changes`` (budget overrides only) and its directory; the job keeps the saved budget
-    where ``changes`` give none (:func:`keep_saved_budget`). ConfigError, in one line, when
-    ``run_dir`` is no run or a change is not a budget key."""
+    ``changes`` (``KEY=VALUE`` overrides of keys that :func:`may_change_on_resume`, each in
+    place of a saved override of the same key) and its directory; the job keeps the saved
+    budget where ``changes`` give none (:func:`keep_saved_budget`). ConfigError, in one
+    line, when ``run_dir`` is no run or a change is not one a continued run may make."""
     if not (run_dir / HYDRA_DIR / "config.yaml").is_file():
         raise ConfigError(f"resume={run_dir} is not a run directory (no {HYDRA_DIR}/config.yaml); "
                           f"give the directory of the run to continue")
     for change in changes:
-        if "=" not in change or override_key(change) not in BUDGET_KEYS:
+        if "=" not in change or not may_change_on_resume(override_key(change)):
             raise ConfigError(f"{change!r} cannot change on resume: the run keeps its saved config; "
-                              f"only {', '.join(BUDGET_KEYS)} may be given")
+                              f"{RESUME_RULE}")
     try:
         replayed = [str(o) for o in OmegaConf.load(run_dir / HYDRA_DIR / "overrides.yaml")]
     except (OSError, OmegaConfBaseException) as exc:
@@ -156,11 +169,10 @@ def check_same_config(run_dir: Path, cfg: RunConfig) -> None:
     except (ConfigError, OmegaConfBaseException) as exc:
         raise ClaimError(f"cannot read {run_dir}/{HYDRA_DIR}/config.yaml: {describe(exc)}") from None
     new = settings(cfg)
-    differ = [k for k in new if not may_differ_on_resume(k) and saved.get(k) != new[k]]
+    differ = [k for k in new if not may_change_on_resume(k) and saved.get(k) != new[k]]
     if differ:
         key = differ[0]
         raise ClaimError(
             f"{run_dir} holds a run with a different config ({key}={saved.get(key)}, not {new[key]}): "
-            f"a continued run may change only {', '.join(BUDGET_KEYS)} and logger.*; "
-            f"choose a new hydra.run.dir"
+            f"{RESUME_RULE}; choose a new hydra.run.dir"
         )
