@@ -264,7 +264,7 @@ def warnings_logged(run_dir: Path) -> list[str]:
 @pytest.fixture()
 def quick_retries(monkeypatch):
     """Back-off and end wait in tenths of a second, so that failing trackers are quick to test."""
-    import rnnlm.tracking as tracking
+    import rnnlm.tracking.dispatch as tracking
 
     monkeypatch.setattr(tracking, "BACKOFF_FIRST", 0.02)
     monkeypatch.setattr(tracking, "BACKOFF_MAX", 0.1)
@@ -385,7 +385,7 @@ def test_a_run_resumed_after_a_crash_replaces_its_tensorboard_progress_points(ru
     needs("tensorboard")
     run_dir = tmp_path / "run"
     with monkeypatch.context() as patch:
-        patch.setattr("rnnlm.tracking.END_WAIT", 5.0)
+        patch.setattr("rnnlm.tracking.dispatch.END_WAIT", 5.0)
         loggers = ["logger=[tensorboard,mlflow]", f"logger.mlflow.tracking_uri={mlflow_uri(tmp_path)}"] \
             if "mlflow" in TRACKERS else ["logger=tensorboard"]
         with pytest.raises(crash_in_epoch_2):
@@ -526,7 +526,7 @@ class FakeTracker:
 @pytest.fixture()
 def fake(monkeypatch, tmp_path):
     """Tracking of one fake tracker (in the tensorboard slot) in tmp_path: (Tracking, FakeTracker)."""
-    import rnnlm.tracking as tracking
+    import rnnlm.tracking.dispatch as tracking
     from rnnlm.tracking.config import LoggerConfig, TensorBoardConfig
 
     def make(delay: float = 0.0, down: bool = False):
@@ -582,7 +582,7 @@ def test_an_outage_is_retried_with_back_off_and_nothing_is_lost(fake, quick_retr
 
 
 def test_a_full_queue_drops_the_oldest_progress_points_and_says_so(fake, quick_retries, monkeypatch, caplog):
-    monkeypatch.setattr("rnnlm.tracking.QUEUE_LIMIT", 6)
+    monkeypatch.setattr("rnnlm.tracking.dispatch.QUEUE_LIMIT", 6)
     tracking, tracker = fake(down=True)
     tracking.start({"seed": 1})
     for i in range(10):

@@ -8,7 +8,7 @@ are tags. The MLflow run ends FINISHED (completed, pruned), KILLED (interrupted)
 (diverged, failed; any other status too); a resumed run sets it RUNNING again. The tracking URI is resolved once
 and kept in ``tracking.json``, so a resumed run and ``rnnlm eval`` reach the same store.
 
-Calls come from the tracker's own thread (:mod:`rnnlm.tracking`), which retries what
+Calls come from the tracker's own thread (:mod:`rnnlm.tracking.dispatch`), which retries what
 fails; so MLflow's own HTTP retries (7 by default, minutes of back-off) are off and a
 request times out after 10 s, unless ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` and
 ``MLFLOW_HTTP_REQUEST_TIMEOUT`` are set in the environment: a run's end then waits
