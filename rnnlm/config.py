@@ -336,11 +336,9 @@ class RunConfig:
                 f"average from a switch it decides; use optim=sgd trainer.average={self.trainer.average.value}."
             )
         self.check_compile()
-        if self.precision is Precision.fp16:
-            import torch
+        from .precision import check_device  # precision imports this module
 
-            if dev == "cpu" or (dev == "auto" and not torch.cuda.is_available()):
-                raise ConfigError("precision=fp16 needs a CUDA device; on CPU use precision=bf16 or fp32.")
+        check_device(self.precision, "cuda" if dev.startswith("cuda") else dev)
 
 
     def check_compile(self) -> None:

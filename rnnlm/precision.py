@@ -6,23 +6,25 @@
 * ``tf32``: TF32 on for both (CUDA, Ampere and later); on CPU the same as fp32.
 * ``bf16`` / ``fp16``: the forward pass under ``torch.autocast`` (weights, gradients and
   optimiser state stay fp32; the loss is computed from fp32 logits). fp16 needs a
-  ``torch.amp.GradScaler`` (:func:`grad_scaler`) and CUDA.
+  ``torch.amp.GradScaler`` (:func:`grad_scaler`) and CUDA (:func:`check_device`).
 
 :func:`numerics` sets the process-wide flags for the duration of a run or an evaluation and
-puts the caller's back afterwards; :func:`autocast` is the context of each forward pass.
+puts the caller's back afterwards (:func:`rnnlm.runtime.execution` enters it with the run's
+device and threads); :func:`autocast` is the context of each forward pass.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 from typing import Callable, Iterator, Optional
 
 import torch
 
+from .checks import ConfigError
 from .config import Precision
+from .dropout.cpu_kernels import cpu_has_bf16
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,17 @@ LOW_PRECISION = {Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}
 # cuBLAS needs a fixed workspace for deterministic results (CUDA docs, "cuBLAS reproducibility");
 # it must be set before the process's first cuBLAS call.
 CUBLAS_WORKSPACE = ":4096:8"
+
+
+def check_device(precision: Precision, device: str | torch.device) -> None:
+    """ConfigError, in one line, where ``precision`` cannot run on ``device`` (a device or a
+    device setting such as ``auto``): fp16 needs CUDA."""
+    if Precision(precision) is not Precision.fp16:
+        return
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if torch.device(device).type != "cuda":
+        raise ConfigError("precision=fp16 needs a CUDA device; on CPU use precision=bf16 or fp32")
 
 
 def autocast(precision: Precision, device: torch.device) -> contextlib.AbstractContextManager:
@@ -77,7 +90,9 @@ def _set_tf32(on: bool) -> Callable[[], None]:
 def numerics(precision: Precision, deterministic: bool, device: torch.device) -> Iterator[None]:
     """TF32 as ``precision`` asks, and deterministic kernels if ``deterministic``, inside;
     the caller's flags afterwards. ``CUBLAS_WORKSPACE_CONFIG`` is set (if unset) for the
-    rest of the process: cuBLAS reads it once.
+    rest of the process; cuBLAS reads it once, at its first use, so the ``rnnlm`` CLI sets it
+    at entry (:func:`rnnlm.cli.fix_cublas_workspace`) and this only helps code that has not
+    used cuBLAS yet.
 
     On the CPU, subnormal floats are flushed to zero inside (``torch.set_flush_denormal``,
     x86's FTZ and DAZ), as GPU kernels commonly do: saturated gates make an LSTM's backward
@@ -104,39 +119,3 @@ def numerics(precision: Precision, deterministic: bool, device: torch.device) ->
         restore_tf32()
         torch.use_deterministic_algorithms(was_deterministic)
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn_flags
-
-
-@functools.cache
-def cpu_has_bf16() -> bool:
-    """Whether this CPU has bf16 arithmetic (``/proc/cpuinfo`` flags avx512_bf16, amx_bf16)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = set(f.read().split())
-    except OSError:
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
-
-
-@functools.cache
-def _cpu_low_precision_lstm(dtype: torch.dtype) -> bool:
-    """Whether ``nn.LSTM``'s CPU kernel runs under autocast to ``dtype``: oneDNN's LSTM
-    primitive has no bf16 form on CPUs without bf16 instructions and raises there."""
-    with torch.random.fork_rng(devices=[]):  # the probe's init leaves the global RNG alone
-        lstm = torch.nn.LSTM(2, 2)
-    try:
-        with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
-            lstm(torch.zeros(1, 1, 2))
-    except RuntimeError:
-        return False
-    return True
-
-
-def lstm_kernel(call: Callable, x: torch.Tensor, hx):
-    """``call(x, hx)``, an ``nn.LSTM`` forward on ``x (T, B, I)``, ``hx`` = (h0, c0) or None.
-    Under CPU autocast on a CPU whose LSTM kernel has no low-precision form, it runs in fp32
-    outside autocast instead (the rest of the model stays in bf16)."""
-    if (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
-            and not _cpu_low_precision_lstm(torch.get_autocast_dtype("cpu"))):
-        with torch.autocast("cpu", enabled=False):
-            return call(x.float(), None if hx is None else tuple(t.float() for t in hx))
-    return call(x, hx)

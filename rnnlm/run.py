@@ -27,9 +27,9 @@ from .atomic import WriteError
 from .config import ConfigError, RunConfig, TestWeights, settings
 from .data import Corpus, batchify, load_dataset
 from .model import AWDLSTM, count_parameters
-from .precision import autocast, numerics
+from .precision import autocast
 from .results import METRICS_COLUMNS, RESULT_COLUMNS, SETTING_COLUMNS, current_names, write_csv
-from .runtime import cpu_threads, portable_path, provenance, resolve_device
+from .runtime import execution, portable_path, provenance, resolve_device
 from .training import Diverged, Trainer, evaluate, evaluate_mc, load_checkpoint, perplexity, save_checkpoint
 from .training.streams import seed_init, stream_seeds
 from .training.signals import Interrupted, StopSignals, stop_on_signals
@@ -105,9 +105,9 @@ def train(
     error) leaves the previous file intact, records ``status=failed`` where it still can and
     raises :class:`~rnnlm.atomic.WriteError`; the run resumes from its last good checkpoint.
 
-    ``cfg.threads`` sets torch's CPU thread count for the run, ``cfg.precision`` and
-    ``cfg.deterministic`` its numerics (:mod:`rnnlm.precision`); the caller's settings are
-    restored afterwards.
+    The run executes in :func:`rnnlm.runtime.execution`: ``cfg.threads`` CPU threads, its
+    device current, the numerics of ``cfg.precision`` and ``cfg.deterministic``; the caller's
+    settings are restored afterwards.
 
     The trackers of ``cfg.logger`` (:mod:`rnnlm.tracking`) get the run as ``name`` (None: its
     overrides, else the directory's name), in ``group`` (a sweep). ``stop_early(row)``,
@@ -117,8 +117,7 @@ def train(
     of an early epoch, which no search or summary may take for a finished run's.
     """
     device = resolve_device(cfg.device)
-    with cpu_threads(cfg.threads), numerics(cfg.precision, cfg.deterministic, device), \
-            stop_on_signals() as stop:
+    with execution(device, cfg.precision, cfg.deterministic, cfg.threads), stop_on_signals() as stop:
         return _train(cfg, device, run_dir, overrides, resume, stop, name, group, stop_early)
 
 

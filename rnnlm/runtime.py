@@ -1,6 +1,8 @@
-"""Where and with what a run or an evaluation executes: its device, its CPU threads, and
-the code that ran it. Training (:mod:`rnnlm.run`), evaluation (:mod:`rnnlm.evaluation`) and
-the CLI all take these from here, so a device string is parsed in one place.
+"""Where and with what a run or an evaluation executes: its device, its CPU threads, its
+numerics, and the code that ran it. Training (:mod:`rnnlm.run`), evaluation
+(:mod:`rnnlm.evaluation`, ``rnnlm eval``) and the CLI all take these from here, so a device
+string is parsed in one place and a run and an evaluation execute in the same
+:func:`execution` context.
 """
 
 from __future__ import annotations
@@ -11,12 +13,15 @@ import hashlib
 import re
 import subprocess
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 
 from . import __version__
 from .checks import ConfigError
+
+if TYPE_CHECKING:
+    from .config import Precision
 
 DEVICE_FORMS = "auto, cpu, cuda or cuda:N"
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -55,6 +60,23 @@ def sweep_device(name: str, job: int, gpus: int) -> str:
     if gpus > 0 and name in ("cuda", "auto"):
         return f"cuda:{job % gpus}"
     return name
+
+
+@contextlib.contextmanager
+def execution(device: torch.device, precision: "Precision | str" = "fp32", deterministic: bool = False,
+              threads: int | None = None) -> Iterator[None]:
+    """The context a run or an evaluation executes in, the caller's settings restored on exit:
+    torch's CPU threads (:func:`cpu_threads`), ``device`` as the current CUDA device (so
+    current-device APIs, cuBLAS handles and the caching allocator of a job on ``cuda:k`` stay
+    on GPU k), and the numerics of ``precision`` and ``deterministic``
+    (:func:`rnnlm.precision.numerics`). ConfigError, in one line, for a precision the device
+    cannot run (:func:`rnnlm.precision.check_device`)."""
+    from .precision import check_device, numerics  # precision imports the config, which imports this
+
+    check_device(precision, device)
+    cuda = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    with cpu_threads(threads), cuda, numerics(precision, deterministic, device):
+        yield
 
 
 @contextlib.contextmanager

@@ -45,7 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine, machine_line  # noqa: E402
 from rnnlm.config import DropoutConfig, ModelConfig, Precision, RecurrentDropoutConfig  # noqa: E402
 from rnnlm.model import AWDLSTM  # noqa: E402
-from rnnlm.precision import autocast, cpu_has_bf16, numerics, to_fp32  # noqa: E402
+from rnnlm.dropout.cpu_kernels import cpu_has_bf16  # noqa: E402
+from rnnlm.precision import autocast, numerics, to_fp32  # noqa: E402
 from rnnlm.training.regularization import (  # noqa: E402
     activation_regularization,
     temporal_activation_regularization,

@@ -135,3 +135,17 @@ def test_backend_probe_does_not_consume_the_global_rng():
     mkldnn_linear.ops_available.cache_clear()
     mkldnn_linear.ops_available()
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_missing_ops_fall_back_with_one_warning(monkeypatch, caplog):
+    """A oneDNN build whose ops vanished still computes x @ w.T (torch.mm), and says so once."""
+    monkeypatch.setattr(mkldnn_linear, "ops_available", lambda: False)
+    mkldnn_linear._warn_missing_ops.cache_clear()
+    w, x = torch.randn(6, 4), torch.randn(3, 4)
+    with caplog.at_level("WARNING", logger=mkldnn_linear.__name__):
+        for _ in range(3):
+            assert not mkldnn_linear.use_mkldnn(w)
+            torch.testing.assert_close(mkldnn_linear.prepacked_linear(w, 3)(x), x @ w.t())
+    warned = [r for r in caplog.records if "prepacked linear ops" in r.getMessage()]
+    assert len(warned) == (1 if torch.backends.mkldnn.is_available() else 0)
+    mkldnn_linear._warn_missing_ops.cache_clear()

@@ -92,3 +92,49 @@ def test_a_run_flushes_subnormal_floats_on_the_cpu_and_restores_the_default():
         assert (subnormal * 1.0).item() == 0.0  # DAZ: a subnormal input reads as zero
         assert (torch.tensor([1e-20]) * 1e-20).item() == 0.0  # FTZ: a subnormal result is zero
     assert (subnormal * 1.0).item() != 0.0
+
+
+def test_execution_sets_threads_device_and_numerics_and_restores_them(monkeypatch):
+    """One context for runs and evaluations: CPU threads, the run's GPU as the current CUDA
+    device (recorded here through a stand-in for torch.cuda.device), and the numerics."""
+    import contextlib
+
+    import torch
+
+    from rnnlm.checks import ConfigError
+
+    entered = []
+
+    @contextlib.contextmanager
+    def current(device):
+        entered.append(device)
+        yield
+
+    monkeypatch.setattr(torch.cuda, "device", current)
+    before = torch.get_num_threads()
+    subnormal = torch.tensor([1e-39])
+    with runtime.execution(torch.device("cpu"), "fp32", False, threads=1):
+        assert torch.get_num_threads() == 1 and (subnormal * 1.0).item() == 0.0
+    assert torch.get_num_threads() == before and (subnormal * 1.0).item() != 0.0
+    assert entered == []  # a CPU run touches no CUDA device
+    with runtime.execution(torch.device("cuda:1"), "tf32"):
+        assert entered == [torch.device("cuda:1")]
+    with pytest.raises(ConfigError, match="^precision=fp16 needs a CUDA device"):
+        with runtime.execution(torch.device("cpu"), "fp16"):
+            pass
+
+
+def test_the_cli_fixes_the_cublas_workspace_before_any_job(monkeypatch):
+    """cuBLAS reads CUBLAS_WORKSPACE_CONFIG once per process: the CLI sets it (unless set) before
+    a command can touch CUDA, so a deterministic job after another in one process still has it."""
+    import os
+
+    from rnnlm.cli import main
+    from rnnlm.precision import CUBLAS_WORKSPACE
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    main(["eval", "--help"])
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == CUBLAS_WORKSPACE
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+    main(["eval", "--help"])
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"

@@ -8,6 +8,7 @@ run directory to :func:`rnnlm.run.train`. ``summary`` is plain argparse.
 
 from __future__ import annotations
 
+import os
 import sys
 
 USAGE = """\
@@ -19,12 +20,24 @@ usage: rnnlm train [OVERRIDE ...]        train a language model (Hydra overrides
 """
 
 
+def fix_cublas_workspace() -> None:
+    """Set ``CUBLAS_WORKSPACE_CONFIG`` (unless set) before anything in this process uses cuBLAS,
+    which reads it once, at initialisation: deterministic runs need a fixed workspace (CUDA
+    docs, "cuBLAS reproducibility"), and under Hydra's basic launcher several jobs share the
+    process, so a deterministic job may follow one that already initialised cuBLAS."""
+    from ..precision import CUBLAS_WORKSPACE
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, end="")
         return 0
     command, rest = argv[0], argv[1:]
+    if command in ("train", "eval", "generate"):
+        fix_cublas_workspace()
     if command == "train":
         from .train import train_command
 

@@ -24,9 +24,9 @@ from ..evaluation.runs import RunError, load_run
 from ..evaluation.tuning import TUNABLE, grid_points, tune
 from ..results import read_csv
 from ..training.evaluate import GAL_MC_SAMPLES
-from ..config import Precision
-from ..precision import autocast, numerics
-from ..runtime import DEVICE_FORMS, cpu_threads, is_device_name
+from ..config import ConfigError, Precision
+from ..precision import autocast
+from ..runtime import DEVICE_FORMS, execution, is_device_name
 from ..tracking import Tracking
 from .errors import fail
 
@@ -269,8 +269,7 @@ def eval_command(argv: list[str]) -> int:
         keys = parse_overrides(rest)
     except (UsageError, ValueError) as exc:
         return fail(str(exc))
-    with cpu_threads(keys.get("threads")):  # for this command only
-        return _score(run_dir, rest, keys)
+    return _score(run_dir, rest, keys)
 
 
 def _check_grid(keys: dict[str, Any], grid: dict[str, list[Any]]) -> None:
@@ -309,8 +308,6 @@ def _score(run_dir: Path, rest: list[str], keys: dict[str, Any]) -> int:
         print(f"rnnlm eval: note: {run_dir} has status {status or 'unknown'}; scoring its "
               f"{run.checkpoint} checkpoint as it is now", file=sys.stderr)
     precision = Precision(keys.get("precision", run.cfg.precision))
-    if precision is Precision.fp16 and run.device.type != "cuda":
-        return fail("precision=fp16 needs a CUDA device; on CPU use precision=bf16 or fp32")
     evaluator = Evaluator(run, plan)
     path = None
     written = []
@@ -322,7 +319,7 @@ def _score(run_dir: Path, rest: list[str], keys: dict[str, Any]) -> int:
         written.append(row)
         print(_line(row) + (f"  ({role})" if role else ""), flush=True)
 
-    with numerics(precision, False, run.device), autocast(precision, run.device):
+    def score_all() -> None:
         for method in plan.methods:
             if method not in points:
                 for stream in data:
@@ -332,6 +329,12 @@ def _score(run_dir: Path, rest: list[str], keys: dict[str, Any]) -> int:
                 emit(row, role)
             setting = " ".join(f"{k}={row.get(k)}" for k in grid if TUNABLE[k][0] == method)
             print(f"{method:<9} chosen on valid: {setting}", flush=True)
+
+    try:
+        with execution(run.device, precision, False, keys.get("threads")), autocast(precision, run.device):
+            score_all()
+    except ConfigError as exc:  # a precision the device cannot run
+        return fail(str(exc))
     tracking = Tracking(run.cfg.logger, run_dir, name=run_dir.name, attach_only=True)  # the run's own tracker runs
     tracking.eval_rows(written, step=len(read_rows(run_dir)))
     tracking.close()

@@ -23,17 +23,21 @@ The fallback is the same computation in plain PyTorch (``torch.mm`` / ``torch.ad
 :func:`use_mkldnn` is the one place that chooses: the ops for CPU fp32 weights while
 ``torch.backends.mkldnn.enabled`` and :func:`ops_available`; the fallback on CUDA, for
 other dtypes (float64, bf16, fp16), with oneDNN switched off, and on a build whose ops are
-missing or broken. ``tests/test_mkldnn_linear.py`` fails if a CPU build with oneDNN lacks
-the ops, and checks that both paths give the same numbers.
+missing or broken; in that last case it logs a warning once, at first use, since the loop
+then runs several times slower on CPU. ``tests/test_mkldnn_linear.py`` fails if a CPU build
+with oneDNN lacks the ops, and checks that both paths give the same numbers.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Callable, Optional
 
 import torch
 from torch import Tensor
+
+log = logging.getLogger(__name__)
 
 
 @functools.cache
@@ -54,8 +58,22 @@ def ops_available() -> bool:
 
 def use_mkldnn(w: Tensor) -> bool:
     """Whether GEMMs with the weight ``w`` take the oneDNN ops (else the ``torch.mm`` fallback)."""
-    return (w.device.type == "cpu" and w.dtype == torch.float32
-            and torch.backends.mkldnn.enabled and ops_available())
+    if not (w.device.type == "cpu" and w.dtype == torch.float32 and torch.backends.mkldnn.enabled):
+        return False
+    if ops_available():
+        return True
+    _warn_missing_ops()
+    return False
+
+
+@functools.cache
+def _warn_missing_ops() -> None:
+    """Say once per process that a oneDNN build lacks the ops (the loop falls back to torch.mm)."""
+    if torch.backends.mkldnn.is_available():
+        log.warning("this torch build has oneDNN but not its prepacked linear ops (torch.ops.mkldnn."
+                    "_reorder_linear_weight/_linear_pointwise), or they compute wrong values: the step loop "
+                    "of step-loop recurrent dropouts uses torch.mm instead, several times slower on CPU "
+                    "(docs/performance.md)")
 
 
 def dense(t: Tensor) -> Tensor:

@@ -31,7 +31,7 @@ from typing import ClassVar, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..precision import lstm_kernel
+from .cpu_kernels import lstm_kernel
 from .base import StochasticModule
 from .fused_lstm import fused_lstm
 from .scheme import RecurrentScheme, get_scheme

@@ -5,13 +5,13 @@ from __future__ import annotations
 from torch import nn
 
 from ...checks import ConfigError
-from ...precision import lstm_kernel
+from ..cpu_kernels import lstm_kernel
 from ..scheme import RecurrentScheme
 
 
 class LSTM(nn.LSTM):
     """``nn.LSTM`` ``(T, B, I) -> (T, B, H)`` whose CPU kernel runs in fp32 under autocast where
-    it has no bf16 form (:func:`rnnlm.precision.lstm_kernel`)."""
+    it has no bf16 form (:func:`rnnlm.dropout.cpu_kernels.lstm_kernel`)."""
 
     def forward(self, x, hx=None):
         return lstm_kernel(super().forward, x, hx)

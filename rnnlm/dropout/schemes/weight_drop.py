@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from ...precision import lstm_kernel
+from ..cpu_kernels import lstm_kernel
 from ..base import StochasticModule
 from ..scheme import RecurrentScheme
 
