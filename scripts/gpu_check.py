@@ -26,10 +26,10 @@ is skipped if every part was:
   forward and backward finite, fp32 gradients, loss within 1 % of fp32.
 - ``no_sync``: an epoch of the AWD model (V=10k, 400/1150/3) at AWD's batch 80 (5,600 tokens
   a segment: the embedding backward's sort-based path) under
-  ``torch.cuda.set_sync_debug_mode("error")``, with SGD, with ASGD and with ``precision=fp16``:
+  ``torch.cuda.set_sync_debug_mode("error")``, with SGD and ASGD, each at fp32 and ``precision=fp16``:
   the only host syncs are the loss checks at each tenth of the epoch and its end
-  (``Trainer._check_loss``), and for fp16 ``GradScaler.step``'s read of its found-inf flag,
-  one per step (docs/performance.md); each allowed sync is counted.
+  (``Trainer._check_loss``), each counted; under fp16 (SGD and ASGD) the gradient scaler's
+  skip is decided on the device (fused SGD / AveragedSGD take ``found_inf``), so no more.
 - ``resume``: under ``deterministic=true``, SGD then ASGD steps with dropout, checkpointed and
   resumed into a fresh model: weights and ASGD averages equal to the uninterrupted run's.
 - ``deterministic``: the same training steps twice from the same seed under
@@ -598,23 +598,14 @@ def check_precision(ctx: Ctx, budget: float) -> dict:
 
 class MarksAllowed(Trainer):
     """The Trainer, under ``set_sync_debug_mode("error")`` on CUDA by :meth:`strict`, with host
-    syncs allowed (and counted) only where the loop reads its loss on purpose, and for fp16 in
-    ``GradScaler.step`` (its found-inf flag)."""
+    syncs allowed (and counted) only where the loop reads its loss on purpose."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.allowed = {"loss_checks": 0, "grad_scaler_step": 0}
+        self.allowed = {"loss_checks": 0}
 
     @contextlib.contextmanager
     def strict(self) -> Iterator[None]:
-        if self.scaler is not None:
-            real_step = self.scaler.step
-
-            def step(*args: Any, **kwargs: Any) -> Any:
-                with self._allow("grad_scaler_step"):
-                    return real_step(*args, **kwargs)
-
-            self.scaler.step = step
         if self.device.type == "cuda":
             torch.cuda.set_sync_debug_mode("error")
         try:
@@ -669,7 +660,7 @@ def no_sync_epoch(ctx: Ctx, optimizer: str, precision: Precision) -> dict:
 def check_no_sync(ctx: Ctx, budget: float) -> dict:
     parts = {}
     for name, optimizer, precision in (("sgd", "sgd", Precision.fp32), ("asgd", "asgd", Precision.fp32),
-                                       ("fp16", "sgd", Precision.fp16)):
+                                       ("fp16_sgd", "sgd", Precision.fp16), ("fp16_asgd", "asgd", Precision.fp16)):
         if precision is Precision.fp16 and not ctx.cuda:
             parts[name] = skipped(NEEDS_CUDA)
             continue

@@ -64,7 +64,7 @@ SETTING_COLUMNS = (
     "dropout.embedding_mask",
     "trainer.loss_reduction",
     "eval.mc_columns",
-    "trainer.compile",  # off | default | reduce-overhead (torch.compile of the training forward)
+    "trainer.compile",  # off | default (each step of the fused step loop under torch.compile)
     "trainer.average",  # none | uniform | ema: the weights validated and tested
     "trainer.average_from",
     "trainer.ema_decay",
