@@ -52,7 +52,7 @@ def test_the_dry_run_reports_every_check_and_fails_none(tmp_path):
     assert checks["set_device"]["reason"] == "dry run: needs CUDA"
     assert checks["pytest_gpu"]["reason"] == "--skip-pytest"
     assert checks["weight_drop"]["parts"]["cudnn_kernel"]["reason"] == "dry run: needs CUDA"
-    assert checks["no_sync"]["parts"]["fp16"]["reason"] == "dry run: needs CUDA"
+    assert checks["no_sync"]["parts"]["fp16_sgd"]["reason"] == checks["no_sync"]["parts"]["fp16_asgd"]["reason"] == "dry run: needs CUDA"
     measurements = report["measurements"]
     assert {m["status"] for m in measurements.values()} <= {"done", "skipped"}
     assert measurements["gal_tied_compiled"]["reason"] == "--no-compile"
