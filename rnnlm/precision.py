@@ -16,6 +16,7 @@ device and threads); :func:`autocast` is the context of each forward pass.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from typing import Callable, Iterator, Optional
@@ -24,7 +25,7 @@ import torch
 
 from .checks import ConfigError
 from .config import Precision
-from .dropout.cpu_kernels import cpu_has_bf16
+from .dropout.cpu_kernels import cpu_has_amx_bf16, cpu_has_bf16
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,18 @@ def _set_tf32(on: bool) -> Callable[[], None]:
     return restore
 
 
+@functools.cache
+def _warn_slow_cpu_bf16() -> None:
+    """Once per process: where bf16 on this CPU is expected to be slower than fp32."""
+    if not cpu_has_bf16():
+        log.warning("precision=bf16 on a CPU without AVX512_BF16 or AMX: bf16 is emulated there "
+                    "and slower than fp32")
+    elif not cpu_has_amx_bf16():
+        log.warning("precision=bf16 on a CPU with AVX512_BF16 but no AMX: its bf16 GEMMs may be slower "
+                    "than fp32 (0.5x on one such machine, docs/performance.md); "
+                    "python scripts/bench_bf16.py measures this one")
+
+
 @contextlib.contextmanager
 def numerics(precision: Precision, deterministic: bool, device: torch.device) -> Iterator[None]:
     """TF32 as ``precision`` asks, and deterministic kernels if ``deterministic``, inside;
@@ -107,9 +120,8 @@ def numerics(precision: Precision, deterministic: bool, device: torch.device) ->
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    if precision is Precision.bf16 and device.type == "cpu" and not cpu_has_bf16():
-        log.warning("precision=bf16 on a CPU without AVX512_BF16 or AMX: bf16 is emulated there "
-                    "and slower than fp32")
+    if precision is Precision.bf16 and device.type == "cpu":
+        _warn_slow_cpu_bf16()
     flush = device.type == "cpu" and torch.set_flush_denormal(True)
     try:
         yield

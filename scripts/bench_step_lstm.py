@@ -2,7 +2,8 @@
 
     python scripts/bench_step_lstm.py                 # rnnlm's step loop, every kind
     python scripts/bench_step_lstm.py --alternatives  # + plain autograd loop, jit.script, MKL GEMMs
-    python scripts/bench_step_lstm.py --alternatives --compile   # + torch.compile (slow to build)
+    python scripts/bench_step_lstm.py --alternatives --compile   # + torch.compile: the whole
+                                          # loop (slow to build) and trainer.compile's compiled steps
 
 Each timing is one forward+backward of a 400 -> 1150 layer on a (70, 20) batch, fp32,
 with torch's default thread count. Variants are timed round-robin (interleaved) and
@@ -189,12 +190,19 @@ def alternative_ratios(repeats: int = 5, compile_loop: bool = False) -> dict:
         if compiled is not None:
             t0 = time.perf_counter()
             compiled(*args, mask)[0].sum().backward()
-            build_s[name] = time.perf_counter() - t0
+            build_s[f"{name}/torch.compile loop"] = time.perf_counter() - t0
             cases[f"{name}/torch.compile loop"] = _fwd_bwd(lambda a=args, m=mask: compiled(*a, m)[0])
+            # trainer.compile: rnnlm's loop with each step's pointwise work compiled
+            leaves = [t.detach().requires_grad_() for t in args]
+            t0 = time.perf_counter()
+            fused.fused_lstm(*leaves, {"h": mask}, compiled=True)[0].sum().backward()
+            build_s[f"{name}/compiled steps (trainer.compile)"] = time.perf_counter() - t0
+            cases[f"{name}/compiled steps (trainer.compile)"] = _fwd_bwd(
+                lambda a=args, m=mask: fused.fused_lstm(*a, {"h": m}, compiled=True)[0])
     res = _interleaved(cases, repeats, "nn.LSTM")
     out = {name: {"ms": round(t * 1e3, 1), "ratio": round(r, 3)} for name, (t, r) in res.items()}
     for name, s in build_s.items():
-        out[f"{name}/torch.compile loop"]["first_call_s"] = round(s, 1)
+        out[name]["first_call_s"] = round(s, 1)
     return out
 
 

@@ -13,14 +13,30 @@ import torch
 
 
 @functools.cache
-def cpu_has_bf16() -> bool:
-    """Whether this CPU has bf16 arithmetic (``/proc/cpuinfo`` flags avx512_bf16, amx_bf16)."""
+def cpu_flags() -> frozenset[str]:
+    """The feature flags of this CPU (``/proc/cpuinfo``); empty where there is none."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = set(f.read().split())
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return frozenset(value.split())
     except OSError:
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+        pass
+    return frozenset()
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic (flags avx512_bf16 or amx_bf16); without it bf16
+    is emulated and slower than fp32."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def cpu_has_amx_bf16() -> bool:
+    """Whether this CPU has AMX tiles for bf16 (flag amx_bf16): bf16 GEMMs with many times the
+    multiply-adds per cycle of fp32. AVX512_BF16 alone (VDPBF16PS) gives no more than fp32's
+    two FMA ports, and oneDNN's bf16 GEMMs measured slower than fp32 there (docs/performance.md)."""
+    return "amx_bf16" in cpu_flags()
 
 
 @functools.cache
