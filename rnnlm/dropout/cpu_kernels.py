@@ -33,9 +33,9 @@ def cpu_has_bf16() -> bool:
 
 
 def cpu_has_amx_bf16() -> bool:
-    """Whether this CPU has AMX tiles for bf16 (flag amx_bf16): bf16 GEMMs with many times the
-    multiply-adds per cycle of fp32. AVX512_BF16 alone (VDPBF16PS) gives no more than fp32's
-    two FMA ports, and oneDNN's bf16 GEMMs measured slower than fp32 there (docs/performance.md)."""
+    """Whether this CPU has AMX tiles for bf16 (flag amx_bf16), with which oneDNN's bf16 GEMMs
+    outrun fp32 ones. With AVX512_BF16 alone they can be slower than fp32: 0.5-0.6x on one
+    such machine (docs/performance.md, scripts/bench_bf16.py)."""
     return "amx_bf16" in cpu_flags()
 
 
