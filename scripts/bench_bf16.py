@@ -12,8 +12,8 @@ each figure from interleaved rounds so that machine noise hits every variant ali
 - ``steps``: training-step time of fp32 and bf16 for WeightDrop (oneDNN's LSTM kernel),
   ``nn.LSTM`` (no recurrent dropout) and Gal's tied masks (the fused step loop), and the
   bf16 / fp32 speedup of each (median of the within-round ratios). ``weight_drop_functional``
-  is WeightDrop through ``functional_call`` with a freshly computed ``W_hh * mask`` instead
-  of the persistent flat buffer, to show what the buffer costs or saves on this CPU.
+  is WeightDrop on the parameters and a freshly computed ``W_hh * mask`` tensor instead of
+  the persistent flat buffer, to show what the buffer costs or saves on this CPU.
 - ``--profile``: the top operators by self CPU time of one step of each precision
   (``torch.profiler``), for WeightDrop.
 

@@ -91,3 +91,32 @@ def test_the_buffer_is_remade_for_another_dtype_and_unused_in_eval():
     x = torch.randn(T, B, I, dtype=torch.float64)
     torch.testing.assert_close(layer(x)[0], layer.lstm(x)[0], atol=0, rtol=0)  # eval: the raw weights
     assert layer.flat is kept
+
+
+def test_a_masked_forward_never_swaps_the_lstm_modules_weights(monkeypatch):
+    """The kernel runs on the buffer's views; the nn.LSTM keeps its own Parameters, so its
+    forward never sees changed weights and never re-flattens them (flatten_parameters)."""
+    torch.manual_seed(0)
+    layer = WeightDropLSTM(I, H, 0.5).train()
+    lstm = layer.lstm
+    own = list(lstm._flat_weights)
+    flattened = []
+    monkeypatch.setattr(type(lstm), "flatten_parameters", lambda self: flattened.append(self))
+    for _ in range(2):
+        layer(torch.randn(T, B, I))[0].sum().backward()
+    layer.eval()
+    layer(torch.randn(T, B, I))
+    assert flattened == [] and all(a is b for a, b in zip(lstm._flat_weights, own))
+    assert all(p.grad is not None for p in lstm.parameters())
+
+
+def test_hidden_state_in_and_out():
+    torch.manual_seed(0)
+    layer = WeightDropLSTM(I, H, 0.5).double().train()
+    m = layer.sample_mask()
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    hx = (torch.randn(1, B, H, dtype=torch.float64), torch.randn(1, B, H, dtype=torch.float64))
+    out, (h, c) = layer(x, hx, mask=m)
+    want, (wh, wc) = functional_call(layer.lstm, {"weight_hh_l0": layer.dropped_weight(m)}, (x, hx))
+    for got, ref in ((out, want), (h, wh), (c, wc)):
+        torch.testing.assert_close(got, ref, atol=1e-12, rtol=1e-12)

@@ -20,12 +20,15 @@ gate_column    (4, 1, H)    a column mask per gate block (= Gal untied, per
 The raw weight stays an ordinary ``nn.LSTM`` Parameter (no ``del _parameters``
 monkey-patch, no ``parametrize``). Each training forward writes the layer's weights, with
 ``W_hh * mask`` in place of ``W_hh``, into one persistent buffer (:class:`FlatWeights`) laid
-out as the fused LSTM kernel wants them, and calls the LSTM on views of it through
-``torch.func.functional_call``; the gradient reaches the raw weights through
+out as the fused LSTM kernel wants them, and calls the kernel (``torch.lstm``, the op
+``nn.LSTM.forward`` calls) on views of it; the gradient reaches the raw weights through
 :class:`_DropIntoFlat`. On CUDA that layout is cuDNN's: the kernel uses the buffer as its
 weight buffer instead of copying the weights into a new one each forward (cuDNN's "weights
 are not part of single contiguous chunk of memory" path), and the addresses stay the same
-from step to step, as CUDA graphs need. All masks, row included, are off in ``eval()``
+from step to step, as CUDA graphs need. The ``nn.LSTM`` module itself is never handed other
+weights: swapping them in (``torch.func.functional_call``) makes its forward see changed
+weights and re-flatten them into a new buffer (``flatten_parameters``), on that call and
+again on the next one with its own. All masks, row included, are off in ``eval()``
 (awd-lstm-lm's ``WeightDrop(variational=True)`` keeps its row masks on at test time).
 """
 
@@ -35,7 +38,6 @@ from typing import Optional, Sequence
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from ..cpu_kernels import lstm_kernel
 from ..base import StochasticModule
@@ -160,9 +162,16 @@ class WeightDropLSTM(StochasticModule):
             if not self.stochastic or self.p == 0:
                 return lstm_kernel(self.lstm, x, hx)
             mask = self.held_mask("mask", self.sample_mask)
-        names = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
-        weights = dict(zip(names, self.flat_weights(mask)))
-        return lstm_kernel(lambda x, hx: functional_call(self.lstm, weights, (x, hx)), x, hx)
+        weights = self.flat_weights(mask)
+
+        def kernel(x: torch.Tensor, hx):
+            if hx is None:
+                zeros = x.new_zeros(1, x.size(1), self.lstm.hidden_size)
+                hx = (zeros, zeros)
+            out, h_n, c_n = torch.lstm(x, hx, weights, True, 1, 0.0, self.training, False, False)
+            return out, (h_n, c_n)
+
+        return lstm_kernel(kernel, x, hx)
 
     def extra_repr(self) -> str:
         return f"p={self.p}, mask={self.mask}"
