@@ -225,6 +225,9 @@ def _train(
             log.error("%s; the previous file is intact: resume with `rnnlm train resume=%s`", exc, files.dir)
         tracking.end({**files.result, "status": "failed"}, SETTING_COLUMNS)
         raise
+    except BaseException:  # the process is going down (SystemExit, ...) from its last checkpoint:
+        tracking.close("interrupted")  # deliver what is queued and close the tracker runs, not left writing
+        raise
     if final is None:  # stopped by a signal
         stage = trainer.state.stage if trainer.interrupted else "test"
         files.write_result(

@@ -10,6 +10,7 @@ import importlib.util
 import json
 import math
 import struct
+import threading
 import time
 from pathlib import Path
 
@@ -388,8 +389,11 @@ def test_a_run_resumed_after_a_crash_replaces_its_tensorboard_progress_points(ru
         patch.setattr("rnnlm.tracking.dispatch.END_WAIT", 5.0)
         loggers = ["logger=[tensorboard,mlflow]", f"logger.mlflow.tracking_uri={mlflow_uri(tmp_path)}"] \
             if "mlflow" in TRACKERS else ["logger=tensorboard"]
+        before = set(threading.enumerate())
         with pytest.raises(crash_in_epoch_2):
             train(*loggers, f"hydra.run.dir={run_dir}")
+    # The crash closed its tracker runs on the way out: no delivery thread is left writing.
+    assert not [t for t in set(threading.enumerate()) - before if t.name.startswith("rnnlm-tracker-")]
     log_dir = state(run_dir)["tensorboard"]["dir"]
     epoch1 = int(metrics(run_dir)[0]["epoch_tokens"])
     deadline = time.monotonic() + 10  # the crashed process's tracker thread may still be writing
