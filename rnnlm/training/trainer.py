@@ -281,10 +281,12 @@ class Trainer:
         else:  # fp16: scaled loss; on inf/NaN gradients the optimisers skip the step on the device
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
-            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-            norm = (torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip) if cfg.optim.clip > 0
-                    else torch.nn.utils.get_total_norm(grads))
-            stepped = torch.isfinite(norm)  # what the scaler's found_inf says, from the norm
+            # stepped: what the scaler's found_inf will say, from the gradients' norm
+            if cfg.optim.clip > 0:
+                stepped = torch.isfinite(torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip))
+            elif cfg.optim.weight_shrink:
+                grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+                stepped = torch.isfinite(torch.nn.utils.get_total_norm(grads))
             self.scaler.step(self.optimizer)  # fused SGD / AveragedSGD take found_inf: no sync
             self.scaler.update()
         if cfg.optim.weight_shrink:
