@@ -207,7 +207,7 @@ class _StepLSTMFunction(torch.autograd.Function):
         lp, sd = w_hh.dtype, state_dtype(w_hh.dtype)
         ctx.state_dtypes = (h0.dtype, c0.dtype)
         mask_h, mask_g, zone_h, zone_c = (None if m is None else m.to(sd) for m in (mask_h, mask_g, zone_h, zone_c))
-        untied = mask_h is not None and mask_h.dim() == 3
+        h0s = h0.to(sd)
         with _unfilled_buffers():
             # Input projection of all steps at once, both biases folded in.
             bias = b_ih + b_hh
@@ -221,9 +221,9 @@ class _StepLSTMFunction(torch.autograd.Function):
                     xw[:, blk] = linear((x * mask_x[k]).reshape(T * B, -1), w_ih[blk], bias[blk])
                 xw = xw.view(T, B, 4 * H)
             loop = _compiled_forward if compiled else _eager_forward
-            A, C, TC, Y = loop(xw, h0.to(sd), c0.to(sd), w_hh, mask_h, mask_g, zone_h, zone_c)
+            A, C, TC, Y = loop(xw, h0s, c0.to(sd), w_hh, mask_h, mask_g, zone_h, zone_c)
         ctx.compiled = compiled
-        ctx.save_for_backward(x, h0.to(sd), w_ih, w_hh, mask_h, mask_g, zone_h, zone_c, mask_x, A, C, TC, Y)
+        ctx.save_for_backward(x, h0s, w_ih, w_hh, mask_h, mask_g, zone_h, zone_c, mask_x, A, C, TC, Y)
         return Y.to(lp), Y[-1].to(h0.dtype, copy=True), C[-1].to(c0.dtype, copy=True)
 
     @staticmethod
