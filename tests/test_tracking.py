@@ -414,6 +414,33 @@ def test_a_run_resumed_after_a_crash_replaces_its_tensorboard_progress_points(ru
         assert mlrun.data.tags["rnnlm.resumed_at_tokens"] == str(epoch1) and mlrun.info.status == "FINISHED"
 
 
+
+def test_a_reopened_tensorboard_run_purges_a_file_named_in_its_second_with_a_later_sorting_counter(tmp_path):
+    """TensorBoard reads a directory's event files in name order and applies a purge only to
+    the files read before it. A killed process's file stamped in the reopening's second, with a
+    counter that sorts after the new one's as text (``...99999999`` > ``...12``), is read
+    first all the same: its points at and past the purge step are hidden."""
+    needs("tensorboard")
+    from torch.utils.tensorboard import SummaryWriter
+
+    from rnnlm.tracking.tensorboard import TensorBoardRun
+
+    killed = SummaryWriter(log_dir=str(tmp_path))
+    for step in (1, 2, 3, 4, 5):
+        killed.add_scalar("loss", float(step), step)
+    killed.close()
+    (old,) = tmp_path.glob("events.out.tfevents.*")
+    same_second = f"events.out.tfevents.{int(time.time()) + 1:010d}.host.1.99999999"  # also in the future
+    old.rename(tmp_path / same_second)
+    reopened = TensorBoardRun(tmp_path, purge_step=3)
+    reopened.log_values({"loss": 30.0}, "tokens", 3)
+    reopened.log_values({"loss": 40.0}, "tokens", 4)
+    reopened.close(None)
+    new = next(p.name for p in tmp_path.glob("events.out.tfevents.*") if p.name != same_second)
+    assert sorted([new, same_second]) == [same_second, new]
+    assert tensorboard_scalars(str(tmp_path))["loss"] == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]
+
+
 # ------------------------------------------------------------------------ configuration errors
 @pytest.mark.parametrize("env,overrides,message", [
     ({"MLFLOW_TRACKING_URI": "file:./mlruns"}, ["logger=mlflow"],

@@ -18,10 +18,20 @@ purges from 0. The purge is a ``SessionLog.START`` event that the reader applies
 TensorBoard's Python loader does (``tensorboard --load_fast=false``, ``EventAccumulator``,
 which the tests read with); the Rust data server that ``--load_fast=auto`` may pick is not
 checked here, and other readers of the event files may show both.
+
+The reader applies a purge only to the files it reads before the one holding it, and it reads a
+directory's event files in the order of their names, ``events.out.tfevents.<second>.<host>.<pid>.<n>``
+(tensorboard's ``EventFileWriter``; ``DirectoryWatcher`` sorts them as strings). Two files made
+in the same second therefore sort by host, pid and counter as text (``...9`` after ``...10``),
+so a reopened run waits for the clock to pass the second of the directory's newest event file
+before it opens its own: its file sorts last, and its purge applies to every earlier file.
 """
 
 from __future__ import annotations
 
+import logging
+import re
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -29,6 +39,35 @@ from torch.utils.tensorboard import SummaryWriter
 
 from ..checks import ConfigError
 from .config import TensorBoardConfig
+
+log = logging.getLogger(__package__)
+
+EVENT_FILE = re.compile(r"events\.out\.tfevents\.(\d+)\.")
+SKEW_WAIT = 5.0  # seconds a reopened run waits at most for an event file stamped in its future
+
+
+def newest_event_second(log_dir: Path) -> int | None:
+    """The largest ``<second>`` field of the event files in ``log_dir`` (None: there are none)."""
+    seconds = [int(m.group(1)) for p in log_dir.glob("events.out.tfevents.*") if (m := EVENT_FILE.match(p.name))]
+    return max(seconds, default=None)
+
+
+def wait_to_sort_last(log_dir: Path, max_wait: float = SKEW_WAIT) -> None:
+    """Sleep until a file made now would be named in a later second than every event file in
+    ``log_dir``, so that it sorts after them (at most ``max_wait`` s; a file stamped further
+    in the future, another node's clock, is reported instead)."""
+    newest = newest_event_second(log_dir)
+    if newest is None:
+        return
+    wait = newest + 1 - time.time()
+    if wait > max_wait:
+        log.warning("logger=tensorboard: %s holds an event file stamped %.0f s in this machine's future; "
+                    "the resumed run's file may sort before it, and TensorBoard may then show the points "
+                    "the previous process logged past the checkpoint", log_dir, wait - 1)
+        return
+    while wait > 0:
+        time.sleep(wait)
+        wait = newest + 1 - time.time()
 
 
 def safe_name(name: str) -> str:
@@ -40,6 +79,8 @@ class TensorBoardRun:
     def __init__(self, log_dir: Path, purge_step: int | None = None) -> None:
         self.log_dir = log_dir
         self.purge_step = purge_step
+        if purge_step is not None:
+            wait_to_sort_last(log_dir)
         self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
         self.params: dict[str, Any] = {}
 
