@@ -52,6 +52,17 @@ MASK_SHAPES = {
 }
 
 
+def drop_connect(w_hh: torch.Tensor, mask: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``W_hh * mask`` as a (4H, H) tensor (into ``out`` if given): ``w_hh (4H, H)`` viewed as
+    (4, H, H), gate block by row by column, times a mask of :data:`MASK_SHAPES`."""
+    H = w_hh.shape[1]
+    view = w_hh.view(4, H, H)
+    if out is None:
+        return (view * mask).view(4 * H, H)
+    torch.mul(view, mask, out=out.view(4, H, H))
+    return out
+
+
 class WeightDrop(RecurrentScheme):
     name = "weight_drop"
     masks = tuple(MASK_SHAPES)
@@ -104,9 +115,8 @@ class _DropIntoFlat(torch.autograd.Function):
     @staticmethod
     def forward(ctx, flat: FlatWeights, mask, w_ih, w_hh, b_ih, b_hh):
         views = flat.views()
-        H = w_hh.shape[1]
         views[0].copy_(w_ih)
-        torch.mul(w_hh.view(4, H, H), mask, out=views[1].view(4, H, H))
+        drop_connect(w_hh, mask, out=views[1])
         views[2].copy_(b_ih)
         views[3].copy_(b_hh)
         ctx.save_for_backward(mask)
@@ -115,8 +125,7 @@ class _DropIntoFlat(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_ih, d_hh, d_bih, d_bhh):
         (mask,) = ctx.saved_tensors
-        H = d_hh.shape[1] if d_hh is not None else 0
-        d_w_hh = None if d_hh is None else (d_hh.view(4, H, H) * mask).view(4 * H, H)
+        d_w_hh = None if d_hh is None else drop_connect(d_hh, mask)
         return None, None, d_ih, d_w_hh, d_bih, d_bhh
 
 
@@ -152,9 +161,7 @@ class WeightDropLSTM(StochasticModule):
 
     def dropped_weight(self, mask: torch.Tensor) -> torch.Tensor:
         """W_hh * mask as a (4H, H) tensor, differentiable w.r.t. the raw weight."""
-        w = self.lstm.weight_hh_l0
-        H = self.lstm.hidden_size
-        return (w.view(4, H, H) * mask).view(4 * H, H)
+        return drop_connect(self.lstm.weight_hh_l0, mask)
 
     def forward(self, x: torch.Tensor, hx=None, mask: torch.Tensor | None = None):
         """``x (T, B, I)``, ``hx`` = (h0, c0) each (1, B, H) -> (out (T, B, H), (h_n, c_n))."""
