@@ -148,17 +148,13 @@ def _train(
     def checkpoint(trainer: Trainer) -> None:
         save_checkpoint(files.path(LAST), trainer.state_dict())
 
-    pruned = False  # by stop_early in this session (a resumed pruned run has it in its state)
-
     def end_of_epoch(trainer: Trainer) -> None:
-        nonlocal pruned
         st = trainer.state
         checkpoint(trainer)  # first: metrics.csv never runs ahead of the resumable state
         files.write_metrics(st.metrics)
         files.write_result(**progress_fields(trainer))
         tracking.epoch(st.metrics[-1])
         if stop_early is not None and not st.finished and stop_early(st.metrics[-1]):
-            pruned = True
             st.finished, st.stop_reason = True, "pruned"  # saved by the checkpoint after fit()
 
     def progress(trainer: Trainer) -> None:
@@ -189,8 +185,6 @@ def _train(
     final: dict[str, Any] | None = None
     try:
         trainer.fit()
-        if pruned:  # the pruner's word stands, even where the time budget ran out in that epoch
-            trainer.state.finished, trainer.state.stop_reason = True, "pruned"
         # Interrupted: the state mid-epoch. Finished: the state with the stop reason, so that a
         # resume after a signal in the last validation or in the test goes straight to the test
         # (or, for a pruned run, to its end).

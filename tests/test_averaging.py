@@ -150,6 +150,23 @@ def test_patience_stops_after_that_many_validations_without_a_better_one(monkeyp
     assert len(trainer.state.metrics) == 4 and trainer.state.best_epoch == 2
 
 
+def test_a_stop_decided_at_the_end_of_an_epoch_stands_when_the_time_budget_ran_out_too():
+    """A search's pruner stops a run in ``on_epoch_end``; the epoch that ran past
+    ``max_minutes`` does not turn that into ``max_minutes``."""
+    cfg = config(max_epochs=5, max_minutes=1e-9)
+    seed_init(stream_seeds(cfg))
+
+    def prune(trainer: Trainer) -> None:
+        trainer.state.finished, trainer.state.stop_reason = True, "pruned"
+
+    trainer = Trainer(AWDLSTM(VOCAB, cfg.model, cfg.dropout), cfg, batchify(stream(300), 4),
+                      batchify(stream(80, 1), 2), save_best=lambda w: None, load_best=lambda: {},
+                      on_epoch_end=prune)
+    assert trainer.fit().stop_reason == "pruned" and len(trainer.state.metrics) == 1
+    unpruned = fit(cfg)
+    assert unpruned.state.stop_reason == "max_minutes" and len(unpruned.state.metrics) == 1
+
+
 @pytest.mark.parametrize("overrides, message", [
     (dict(average=Average.uniform, optim=Optimizer.nt_asgd), "needs optim=sgd"),
     (dict(ema_decay=1.0), "trainer.ema_decay=1.0"),

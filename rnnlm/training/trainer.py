@@ -146,7 +146,7 @@ class Trainer:
             self.end_epoch()
             self.state.total_seconds = time.monotonic() - started
             self.on_epoch_end(self)
-            if out_of_time:
+            if out_of_time and not self.state.finished:  # a stop on_epoch_end decided stands
                 self._finish("max_minutes")
         return self.state
 
