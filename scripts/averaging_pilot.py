@@ -4,13 +4,16 @@ for all of them at once, since averaging never changes the trajectory
 (rnnlm/training/averaging.py): each epoch validates the current weights and every
 average side by side.
 
-    python scripts/averaging_pilot.py OUT_DIR [--seeds 1 2] [--epochs 14] [--threads 1]
-        [--variant none] [--variant weight_drop:element:0.3] [-- OVERRIDE ...]
+    python scripts/averaging_pilot.py OUT_DIR [--seeds 1 2] [--epochs 14]
+        [--variant none] [--variant weight_drop:element:0.3] [-- threads=1 OVERRIDE ...]
     python scripts/averaging_pilot.py OUT_DIR --analyse DIR [DIR ...]   # pool earlier runs' curves.csv
 
-Runs ``experiment=recurrent_dropout_ptb`` (plus OVERRIDEs) with ``optim=sgd``, the
-averages of ``AVERAGES`` beside the current weights, and writes ``OUT_DIR/curves.csv``
-(seed, variant, epoch, weights, val_ppl) and ``OUT_DIR/jitter.csv``. Printed per weights:
+Runs ``experiment=recurrent_dropout_ptb`` (plus OVERRIDEs; ``threads=1`` unless one sets
+``threads``) with ``optim=sgd`` and ``trainer.average=none trainer.validate_from=1``, so the
+Trainer validates the current weights every epoch and the averages of ``AVERAGES`` are kept
+and validated beside them here; each run in :func:`rnnlm.runtime.execution`, as ``rnnlm
+train`` runs it. Writes ``OUT_DIR/curves.csv`` (seed, variant, epoch, weights, val_ppl) and
+``OUT_DIR/jitter.csv``. Printed per weights:
 
 * step: the mean absolute change of log validation perplexity between consecutive epochs
   from ``--from-epoch`` on, in percent (trend and noise together);
@@ -28,20 +31,20 @@ rounding.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import statistics
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_jobs import compose  # noqa: E402
 from machine import machine, machine_line  # noqa: E402
 
 from rnnlm.config import Average, RunConfig  # noqa: E402
-from rnnlm.data import batchify, load_dataset  # noqa: E402
-from rnnlm.model import AWDLSTM  # noqa: E402
+from rnnlm.data import batchify  # noqa: E402
+from rnnlm.results import read_csv, write_csv  # noqa: E402
+from rnnlm.run import build  # noqa: E402
+from rnnlm.runtime import cpu_threads, execution, resolve_device  # noqa: E402
 from rnnlm.training import Trainer, evaluate, perplexity  # noqa: E402
 from rnnlm.training.averaging import WeightAverage  # noqa: E402
 from rnnlm.training.streams import seed_init, stream_seeds  # noqa: E402
@@ -54,6 +57,9 @@ AVERAGES = {
     "ema_0.995": (Average.ema, 1, 0.995),
     "ema_0.998": (Average.ema, 1, 0.998),
 }
+
+
+CURVE_COLUMNS = ["seed", "variant", "epoch", "weights", "val_ppl"]
 
 
 class PilotTrainer(Trainer):
@@ -89,15 +95,6 @@ class PilotTrainer(Trainer):
         self.curves.append({"epoch": epoch, "weights": "current", "val_ppl": self.state.metrics[-1]["val_ppl"]})
 
 
-def run_config(overrides: list[str]) -> RunConfig:
-    from hydra import compose, initialize_config_module
-
-    from rnnlm.cli.train import to_run_config
-
-    with initialize_config_module("rnnlm.configs", version_base=None):
-        return to_run_config(compose("config", overrides=overrides))
-
-
 def variant_overrides(spec: str) -> list[str]:
     """``none`` or ``kind:mask:rate`` -> the dropout.recurrent overrides."""
     if spec == "none":
@@ -107,13 +104,16 @@ def variant_overrides(spec: str) -> list[str]:
 
 
 def train_one(cfg: RunConfig) -> list[dict]:
-    seed_init(stream_seeds(cfg))
-    corpus = load_dataset(cfg.dataset)
-    model = AWDLSTM(len(corpus.vocab), cfg.model, cfg.dropout)
-    trainer = PilotTrainer(model, cfg, batchify(corpus.train, cfg.dataset.batch_size),
-                           batchify(corpus.valid, cfg.dataset.eval_batch_size),
-                           save_best=lambda weights: None, load_best=lambda: {})
-    trainer.fit()
+    """One run of ``cfg`` as :func:`rnnlm.run.train` sets it up (streams seeded, corpus and
+    model built, in its execution context), without its files; the validation curves."""
+    device = resolve_device(cfg.device)
+    with execution(device, cfg.precision, cfg.deterministic, cfg.threads):
+        seed_init(stream_seeds(cfg))
+        corpus, model = build(cfg, device)
+        trainer = PilotTrainer(model, cfg, batchify(corpus.train, cfg.dataset.batch_size, device),
+                               batchify(corpus.valid, cfg.dataset.eval_batch_size, device),
+                               save_best=lambda weights: None, load_best=lambda: {})
+        trainer.fit()
     return trainer.curves
 
 
@@ -142,19 +142,11 @@ def jitter_table(rows: list[dict], from_epoch: int) -> list[dict]:
     return out
 
 
-def write(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--epochs", type=int, default=14)
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--from-epoch", type=int, default=5, help="first epoch of the jitter measure")
     parser.add_argument("--variant", action="append", help="none or kind:mask:rate (repeatable)")
     parser.add_argument("--analyse", type=Path, nargs="+", metavar="DIR",
@@ -163,28 +155,30 @@ def main() -> None:
     args = parser.parse_args()
     if args.analyse:
         rows = [{**r, "epoch": int(r["epoch"]), "val_ppl": float(r["val_ppl"])}
-                for d in args.analyse for r in csv.DictReader(open(d / "curves.csv"))]
+                for d in args.analyse for r in read_csv(d / "curves.csv")]
         return report(args.out, rows, args.from_epoch)
-    torch.set_num_threads(args.threads)
-    print(machine_line(machine("cpu")), flush=True)
+    # The Trainer validates the current weights every epoch (the preset's own average and its
+    # late validation are off); the averages are PilotTrainer's. threads=1 unless an OVERRIDE says.
+    base = ["experiment=recurrent_dropout_ptb", "optim=sgd", "trainer.average=none", "trainer.validate_from=1",
+            f"trainer.max_epochs={args.epochs}", "trainer.progress=false", "device=cpu", "threads=1"]
+    runs = [(seed, variant, compose([*base, f"seed={seed}", *variant_overrides(variant), *args.overrides]))
+            for seed in args.seeds for variant in args.variant or ["none", "weight_drop:element:0.3"]]
+    with cpu_threads(runs[0][2].threads):  # the machine line names the runs' thread count
+        print(machine_line(machine("cpu")), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
-    for seed in args.seeds:
-        for variant in args.variant or ["none", "weight_drop:element:0.3"]:
-            cfg = run_config(["experiment=recurrent_dropout_ptb", "optim=sgd", f"seed={seed}",
-                              f"trainer.max_epochs={args.epochs}", "trainer.progress=false", "device=cpu",
-                              *variant_overrides(variant), *args.overrides])
-            for row in train_one(cfg):
-                rows.append({"seed": seed, "variant": variant, **row})
-            write(args.out / "curves.csv", rows)
-            print(f"seed {seed} {variant}: done", flush=True)
+    for seed, variant, cfg in runs:
+        for row in train_one(cfg):
+            rows.append({"seed": seed, "variant": variant, **row})
+        write_csv(args.out / "curves.csv", rows, CURVE_COLUMNS)
+        print(f"seed {seed} {variant}: done", flush=True)
     report(args.out, rows, args.from_epoch)
 
 
 def report(out: Path, rows: list[dict], from_epoch: int) -> None:
     out.mkdir(parents=True, exist_ok=True)
     table = jitter_table(rows, from_epoch)
-    write(out / "jitter.csv", table)
+    write_csv(out / "jitter.csv", table, list(table[0]))
     for row in table:
         print(f"{row['weights']:>16}  step {row['step_pct']:5.2f} %  jitter {row['jitter_pct']:5.2f} %  between-seed sd "
               f"{row['between_seed_sd_pct']:5.2f} %  mean best val {row['mean_best_val_ppl']:7.2f}")
