@@ -152,7 +152,7 @@ def main() -> None:
     parser.add_argument("--analyse", type=Path, nargs="+", metavar="DIR",
                         help="train nothing: pool the curves.csv of these directories")
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # OUT_DIR, then options, then -- OVERRIDEs, as in the usage
     if args.analyse:
         rows = [{**r, "epoch": int(r["epoch"]), "val_ppl": float(r["val_ppl"])}
                 for d in args.analyse for r in read_csv(d / "curves.csv")]
