@@ -82,13 +82,17 @@ def evaluate(model: AWDLSTM, data: torch.Tensor, bptt: int) -> float:
 
 
 @torch.no_grad()
-def target_log_probs(model: AWDLSTM, data: torch.Tensor, bptt: int) -> torch.Tensor:
+def target_log_probs(model: AWDLSTM, data: torch.Tensor, bptt: int,
+                     progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """``log p(target)`` of every target of ``data (L, B)`` in stream order, ``((L-1) * B,)``,
-    with the hidden state carried across BPTT segments; dropout as the modules are set."""
-    return torch.cat([
-        F.log_softmax(out.logits, dim=-1).gather(-1, targets.unsqueeze(-1)).flatten()  # (T * B,)
-        for out, targets in carried_segments(model, data, bptt)
-    ])
+    with the hidden state carried across BPTT segments; dropout as the modules are set.
+    ``progress(n)``, if given, is told the ``n`` targets of each segment as it is queued."""
+    parts = []
+    for out, targets in carried_segments(model, data, bptt):
+        parts.append(F.log_softmax(out.logits, dim=-1).gather(-1, targets.unsqueeze(-1)).flatten())  # (T * B,)
+        if progress is not None:
+            progress(targets.numel())
+    return torch.cat(parts)
 
 
 # Gal's LM code (BayesianRNN main_new_dropout_SOTA_v3.lua, run_MC_test): the test stream
@@ -137,15 +141,7 @@ def evaluate_mc(model: AWDLSTM, data: torch.Tensor, bptt: int, samples: int, *, 
             copies = data.repeat(1, c)  # (L, c * B): copy k holds columns k*B .. k*B + B-1
             seg = max(1, min(bptt, _MC_LOGITS // (c * batch * vocab)))
             with mc_pass(model, skip=skip):
-                if progress is None:
-                    log_p = target_log_probs(model, copies, seg)
-                else:  # target_log_probs, told of each segment
-                    parts = []
-                    for out, targets in carried_segments(model, copies, seg):
-                        parts.append(F.log_softmax(out.logits, dim=-1).gather(-1, targets.unsqueeze(-1)).flatten())
-                        progress(targets.numel())
-                    log_p = torch.cat(parts)
-                log_p = log_p.view(rows - 1, c, batch)
+                log_p = target_log_probs(model, copies, seg, progress).view(rows - 1, c, batch)
             pass_sum = torch.logsumexp(log_p, dim=1).flatten()  # ((L-1) * B,)
             log_sum = pass_sum if log_sum is None else torch.logaddexp(log_sum, pass_sum)
     return -(log_sum - math.log(samples)).mean().item()
