@@ -184,7 +184,7 @@ class Evaluator:
                                detail=f", {passes} passes of up to {mc.columns} columns")
             try:
                 loss = evaluate_mc(run.model, data, bptt, samples=mc.samples, columns=mc.columns, seed=mc.seed,
-                                   progress=bar.update if plan.progress else None, **extra)
+                                   progress=bar.update, **extra)
             finally:
                 bar.close()
             score = Score(loss, targets)

@@ -88,7 +88,6 @@ class WorkProgress:
         self.items_per_unit, self.item_unit = float(items_per_unit), item_unit
         self.enabled = enabled
         self.emit = emit or (lambda line: print(line, file=sys.stderr, flush=True))
-        self.done = 0.0
         self.items = 0
         self.start = time.monotonic()
         terminal = sys.stderr.isatty() if terminal is None else terminal
@@ -112,17 +111,16 @@ class WorkProgress:
         if not self.enabled:
             return
         self.items += items
-        step = items / self.items_per_unit
-        self.done += step
         if self.bar is not None:
             self.bar.set_postfix_str(f"{self.rate():,.0f} {self.item_unit}/s", refresh=False)
-            self.bar.update(step)
+            self.bar.update(items / self.items_per_unit)
             return
-        fraction = self.done / max(self.total, 1e-12)
+        done = self.items / self.items_per_unit
+        fraction = done / max(self.total, 1e-12)
         if fraction + 1e-9 >= self.next_line:
             elapsed = time.monotonic() - self.start
             left = elapsed * (1 - fraction) / max(fraction, 1e-12)
-            self.emit(f"{self.desc}: {100 * min(fraction, 1):3.0f}% ({self.done:.1f}/{self.total:g} {self.unit}), "
+            self.emit(f"{self.desc}: {100 * min(fraction, 1):3.0f}% ({done:.1f}/{self.total:g} {self.unit}), "
                       f"{self.rate():,.0f} {self.item_unit}/s, {_clock(elapsed)} elapsed, about {_clock(left)} left")
             while self.next_line <= fraction + 1e-9:
                 self.next_line += LOG_FRACTION
