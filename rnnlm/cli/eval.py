@@ -25,7 +25,7 @@ from ..evaluation.tuning import TUNABLE, grid_points, tune
 from ..results import read_csv
 from ..training.evaluate import GAL_MC_SAMPLES
 from ..config import ConfigError, Precision
-from ..precision import autocast
+from ..precision import autocast, check_device
 from ..runtime import DEVICE_FORMS, execution, is_device_name
 from ..tracking import Tracking
 from .errors import fail
@@ -308,6 +308,10 @@ def _score(run_dir: Path, rest: list[str], keys: dict[str, Any]) -> int:
         print(f"rnnlm eval: note: {run_dir} has status {status or 'unknown'}; scoring its "
               f"{run.checkpoint} checkpoint as it is now", file=sys.stderr)
     precision = Precision(keys.get("precision", run.cfg.precision))
+    try:
+        check_device(precision, run.device)
+    except ConfigError as exc:  # a precision the device cannot run
+        return fail(str(exc))
     evaluator = Evaluator(run, plan)
     path = None
     written = []
@@ -319,7 +323,7 @@ def _score(run_dir: Path, rest: list[str], keys: dict[str, Any]) -> int:
         written.append(row)
         print(_line(row) + (f"  ({role})" if role else ""), flush=True)
 
-    def score_all() -> None:
+    with execution(run.device, precision, False, keys.get("threads")), autocast(precision, run.device):
         for method in plan.methods:
             if method not in points:
                 for stream in data:
@@ -329,12 +333,6 @@ def _score(run_dir: Path, rest: list[str], keys: dict[str, Any]) -> int:
                 emit(row, role)
             setting = " ".join(f"{k}={row.get(k)}" for k in grid if TUNABLE[k][0] == method)
             print(f"{method:<9} chosen on valid: {setting}", flush=True)
-
-    try:
-        with execution(run.device, precision, False, keys.get("threads")), autocast(precision, run.device):
-            score_all()
-    except ConfigError as exc:  # a precision the device cannot run
-        return fail(str(exc))
     tracking = Tracking(run.cfg.logger, run_dir, name=run_dir.name, attach_only=True)  # the run's own tracker runs
     tracking.eval_rows(written, step=len(read_rows(run_dir)))
     tracking.close()
