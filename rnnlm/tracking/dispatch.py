@@ -220,11 +220,6 @@ class _Channel:
             self._cond.notify_all()
             return left
 
-    @property
-    def pending(self) -> int:
-        with self._cond:
-            return len(self._queue)
-
     # ------------------------------------------------------------------ the channel's thread
     def _serve(self) -> None:
         try:

@@ -37,9 +37,9 @@ from mlflow.exceptions import MlflowException
 from ..checks import ConfigError
 from .config import MlflowConfig
 
-# result.csv's status -> the MLflow run's (a pruned run ended as its search decided: finished)
-STATUS = {"completed": "FINISHED", "pruned": "FINISHED", "interrupted": "KILLED", "diverged": "FAILED",
-          "failed": "FAILED"}
+# result.csv's status -> the MLflow run's (a pruned run ended as its search decided: finished);
+# any other status (diverged, failed) ends it FAILED
+STATUS = {"completed": "FINISHED", "pruned": "FINISHED", "interrupted": "KILLED"}
 PARAMS_PER_CALL = 100  # log_batch takes at most 100 params,
 METRICS_PER_CALL = 1000  # 1000 metrics and 100 tags per call
 TAGS_PER_CALL = 100
