@@ -31,6 +31,7 @@ jobs) and nothing of torch.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,7 @@ from ..atomic import atomic_write_text
 from ..results import read_csv
 from ..results.columns import RESULT_COLUMNS
 from .maxt import simultaneous_critical
-from .sequential import look_level
+from .sequential import look_levels
 from .stats import DEFAULT_EFFECT, compare_groups
 
 LOOKS = "looks"  # SWEEP_DIR/looks/: one CSV and one Markdown file per look, stop.yaml
@@ -247,7 +248,14 @@ class BlockStudy:
 
     def level(self, blocks: int) -> float:
         """The nominal level of the look after ``blocks`` blocks."""
-        return float(look_level(self.look_blocks(blocks), self.max_blocks, self.alpha))
+        return self._levels[blocks]
+
+    @functools.cached_property
+    def _levels(self) -> dict[int, float]:
+        """The nominal level of every look of the plan, by its block count (one computation:
+        each needs multivariate normal probabilities of the looks before it)."""
+        looks = self.look_blocks(self.max_blocks)
+        return dict(zip(looks, look_levels(looks, self.max_blocks, self.alpha)))
 
     def analyse(self, blocks: int, write: bool = True) -> Look:
         """The look after ``blocks`` finished blocks (``blocks >= min_blocks``); with ``write``,
