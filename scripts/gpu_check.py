@@ -17,8 +17,7 @@ is skipped if every part was:
   W_hh; no cuDNN "not part of single contiguous chunk of memory" warning (other warnings are
   listed, not held against it); ``aten::_cudnn_rnn`` runs; the profiler shows a cuDNN RNN
   kernel (skipped where CUPTI records no kernel events, as in many containers); the layer's
-  ``flat_buffer``, if it has one, keeps its ``data_ptr()`` over two training forwards
-  (skipped where the layer has none).
+  ``flat_buffer`` keeps its ``data_ptr()`` over two training forwards.
 - ``set_device``: with 2+ GPUs, a few training steps on ``cuda:1`` leave the memory allocated
   on ``cuda:0`` where it was (its peak is measured): nothing of the run lands on GPU 0.
   Skipped with one GPU.
@@ -85,10 +84,13 @@ STARTED = time.monotonic()  # the deadline counts from here, imports included
 
 import os  # noqa: E402
 
+from rnnlm.cli import fix_cublas_workspace  # noqa: E402
+
 # cuBLAS reads CUBLAS_WORKSPACE_CONFIG once, when it initialises (CUDA docs, "cuBLAS
 # reproducibility"): deterministic=true needs it set before the first cuBLAS call of the
-# process, i.e. before any check runs a matmul on the GPU.
-os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+# process, i.e. before any check runs a matmul on the GPU. Importing torch (which this import
+# does) creates no cuBLAS handle; the first GPU matmul does, so setting it here is in time.
+fix_cublas_workspace()
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
@@ -116,9 +118,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import machine  # noqa: E402
+from rnnlm.atomic import atomic_write_text  # noqa: E402
 from rnnlm.config import (  # noqa: E402
-    COMPILE_MODES, DropoutConfig, ModelConfig, Precision, RecurrentDropoutConfig, RunConfig, TrainerConfig,
+    DropoutConfig, ModelConfig, Precision, RecurrentDropoutConfig, RunConfig, TrainerConfig,
 )
+from rnnlm.data import get_batch  # noqa: E402
 from rnnlm.dropout import WeightDropLSTM  # noqa: E402
 from rnnlm.dropout.scheme import every_variant  # noqa: E402
 from rnnlm.model import AWDLSTM  # noqa: E402
@@ -263,9 +267,19 @@ class Item:
     share: float
     need: float
 
+    @property
+    def section(self) -> str:
+        """Where the report keeps its entry."""
+        return "checks" if self.kind == "check" else "measurements"
+
+    @property
+    def failure(self) -> str:
+        """Its status when it crashed or overran its whole share."""
+        return "fail" if self.kind == "check" else "error"
+
 
 class Report:
-    """The JSON result, rewritten atomically (temp file + os.replace) after every item."""
+    """The JSON result, rewritten atomically (:func:`rnnlm.atomic.atomic_write_text`) after every item."""
 
     def __init__(self, path: Path, result: dict) -> None:
         self.path, self.result = path, result
@@ -274,14 +288,11 @@ class Report:
         self.closed = False
 
     def write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.result, indent=1) + "\n")
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, json.dumps(self.result, indent=1) + "\n")
 
     def record(self, item: Item, entry: dict) -> None:
         with self.lock:
-            self.result["checks" if item.kind == "check" else "measurements"][item.name] = entry
+            self.result[item.section][item.name] = entry
             self.summarise()
             self.write()
 
@@ -324,10 +335,9 @@ def run_item(item: Item, deadline: Deadline, report: Report | None = None) -> di
         # Cut short by the time left: skipped. Over its whole share: something is wrong.
         limited = granted is not None and granted < item.share
         entry = ({"status": "skipped", "reason": f"deadline: {why} (all the time left)"} if limited
-                 else {"status": "fail" if item.kind == "check" else "error", "error": f"deadline: {why}"})
+                 else {"status": item.failure, "error": f"deadline: {why}"})
     except Exception as exc:  # a check that crashes has failed; say where
-        entry = {"status": "fail" if item.kind == "check" else "error",
-                 "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}", "where": where(exc)}
+        entry = failed(exc, item.failure, limit=500)
     finally:
         if report is not None:
             report.running = None
@@ -348,9 +358,8 @@ def start_watchdog(deadline: Deadline, report: Report) -> threading.Timer:
                 return
             item = report.running
             if item is not None:
-                key = "checks" if item.kind == "check" else "measurements"
-                report.result[key][item.name] = {"status": "fail" if item.kind == "check" else "error",
-                                                 "error": "deadline: still running at the deadline (watchdog)"}
+                report.result[item.section][item.name] = {
+                    "status": item.failure, "error": "deadline: still running at the deadline (watchdog)"}
             report.result["complete"] = False
             report.summarise()
             report.write()
@@ -371,14 +380,6 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def reseed(device: torch.device, seed: int) -> None:
-    """The seed of the generator the device's random ops draw from (on CPU, the global one)."""
-    if device.type == "cuda":
-        torch.cuda.manual_seed(seed)
-    else:
-        torch.manual_seed(seed)
-
-
 def part(ok: bool, **details: Any) -> dict:
     return {"status": "pass" if ok else "fail", **details}
 
@@ -387,8 +388,9 @@ def skipped(reason: str) -> dict:
     return {"status": "skipped", "reason": reason}
 
 
-def failed(exc: Exception) -> dict:
-    return {"status": "fail", "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}",
+def failed(exc: Exception, status: str = "fail", limit: int = 400) -> dict:
+    """``exc`` as an entry: its type and message on one line (at most ``limit`` characters), and where."""
+    return {"status": status, "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:limit]}",
             "where": where(exc)}
 
 
@@ -409,15 +411,16 @@ def config(size: Size, device: torch.device, dropout: DropoutConfig | None = Non
                      precision=precision, deterministic=deterministic, device=str(device))
 
 
-def make_trainer(cfg: RunConfig, size: Size, device: torch.device, init_seed: int = 0, data_seed: int = 0,
+def make_trainer(cfg: RunConfig, size: Size, device: torch.device, init_seed: int = 0,
                  rows: int | None = None, cls: type[Trainer] = Trainer) -> Trainer:
     """A Trainer of a freshly initialised model (``torch.manual_seed(init_seed)``) on random tokens
-    ``(rows, size.batch)`` (drawn from ``data_seed`` on the CPU, so alike on every device), its
-    hidden state initialised, the model in training mode."""
+    ``(rows, size.batch)`` (drawn on the CPU from seed 0, so alike on every device), its hidden
+    state initialised, the model in training mode. Its masks come from the Trainer's streams
+    (:mod:`rnnlm.training.streams`), seeded by ``cfg``, not from torch's global generator."""
     torch.manual_seed(init_seed)
     model = AWDLSTM(size.vocab, cfg.model, cfg.dropout).to(device)
     rows = rows or 4 * size.bptt + 1
-    data = torch.randint(0, size.vocab, (rows, size.batch), generator=torch.Generator().manual_seed(data_seed))
+    data = torch.randint(0, size.vocab, (rows, size.batch), generator=torch.Generator().manual_seed(0))
     data = data.to(device)
     trainer = cls(model, cfg, data, data[: min(rows, 100)], save_best=lambda weights: None, load_best=dict)
     trainer.hidden = model.init_hidden(size.batch)
@@ -425,22 +428,17 @@ def make_trainer(cfg: RunConfig, size: Size, device: torch.device, init_seed: in
     return trainer
 
 
-def segment(data: torch.Tensor, i: int, bptt: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return data[i * bptt:(i + 1) * bptt], data[i * bptt + 1:(i + 1) * bptt + 1]
-
-
-def time_steps(cfg: RunConfig, size: Size, device: torch.device, steps: int, budget: float,
-               warmup: int = 3) -> dict:
+def time_steps(cfg: RunConfig, size: Size, device: torch.device, steps: int, budget: float) -> dict:
     """The training step of ``cfg`` at ``size`` as rnnlm runs it (``Trainer.train_step``) on one
-    fixed segment, under the run's numerics: ``warmup`` steps (compiling, if any), then up to
+    fixed segment, under the run's numerics: 3 warm-up steps (compiling, if any), then up to
     ``steps`` timed ones, fewer if the ``budget`` seconds (setup included) would not allow them."""
     t0 = time.perf_counter()
     until = t0 + budget
     trainer = make_trainer(cfg, size, device)
-    x, y = segment(trainer.train_data, 0, size.bptt)
+    x, y = get_batch(trainer.train_data, 0, size.bptt)
     lr = cfg.optim.lr
     with numerics(cfg.precision, cfg.deterministic, device):
-        for _ in range(warmup):
+        for _ in range(3):  # warm-up
             trainer.train_step(x, y, lr)
         sync(device)
         first = time.perf_counter() - t0
@@ -548,16 +546,12 @@ def check_weight_drop(ctx: Ctx, budget: float) -> dict:
         parts["cudnn_kernel"] = (part(bool(rnn), rnn_kernels=rnn[:5]) if kernels else
                                  skipped("the profiler recorded no CUDA kernel events (CUPTI unavailable, "
                                          "common in containers)"))
-    buffer = getattr(layer, "flat_buffer", None)
-    if buffer is None or not hasattr(buffer, "data_ptr"):
-        parts["flat_buffer_kept"] = skipped("WeightDropLSTM has no flat_buffer tensor on this device")
-    else:
-        first = buffer.data_ptr()
-        for _ in range(2):
-            out, _ = layer(x)
-            out.sum().backward()
-        sync(device)
-        parts["flat_buffer_kept"] = part(layer.flat_buffer.data_ptr() == first)
+    first = layer.flat_buffer.data_ptr()  # made by the masked forward above
+    for _ in range(2):
+        out, _ = layer(x)
+        out.sum().backward()
+    sync(device)
+    parts["flat_buffer_kept"] = part(layer.flat_buffer.data_ptr() == first)
     return from_parts(parts, other_warnings=[m for m in messages if m not in contiguity][:5])
 
 
@@ -598,11 +592,10 @@ def check_precision(ctx: Ctx, budget: float) -> dict:
 
 class MarksAllowed(Trainer):
     """The Trainer, under ``set_sync_debug_mode("error")`` on CUDA by :meth:`strict`, with host
-    syncs allowed (and counted) only where the loop reads its loss on purpose."""
+    syncs allowed only where the loop reads its loss on purpose (``_check_loss``), counted in
+    ``loss_checks``."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.allowed = {"loss_checks": 0}
+    loss_checks = 0
 
     @contextlib.contextmanager
     def strict(self) -> Iterator[None]:
@@ -614,21 +607,15 @@ class MarksAllowed(Trainer):
             if self.device.type == "cuda":
                 torch.cuda.set_sync_debug_mode("default")
 
-    @contextlib.contextmanager
-    def _allow(self, what: str) -> Iterator[None]:
-        self.allowed[what] += 1
+    def _check_loss(self) -> None:
+        self.loss_checks += 1
         if self.device.type != "cuda":
-            yield
-            return
+            return super()._check_loss()
         torch.cuda.set_sync_debug_mode("default")
         try:
-            yield
+            super()._check_loss()
         finally:
             torch.cuda.set_sync_debug_mode("error")
-
-    def _check_loss(self) -> None:
-        with self._allow("loss_checks"):
-            super()._check_loss()
 
 
 def no_sync_epoch(ctx: Ctx, optimizer: str, precision: Precision) -> dict:
@@ -638,7 +625,7 @@ def no_sync_epoch(ctx: Ctx, optimizer: str, precision: Precision) -> dict:
     trainer = make_trainer(cfg, size, ctx.device, rows=10 * size.bptt + 1, cls=MarksAllowed)
     if optimizer == "asgd":
         trainer.optimizer = make_asgd(trainer.model, cfg.optim.lr, cfg.optim.weight_decay)
-    x, y = segment(trainer.train_data, 0, size.bptt)
+    x, y = get_batch(trainer.train_data, 0, size.bptt)
     with numerics(precision, False, ctx.device):
         trainer.train_step(x, y, cfg.optim.lr)  # optimiser state and the scaler allocated
         trainer.hidden = None
@@ -650,7 +637,7 @@ def no_sync_epoch(ctx: Ctx, optimizer: str, precision: Precision) -> dict:
     seconds = time.perf_counter() - t
     walked = trainer.state.position >= trainer.train_data.size(0) - 2
     details = {"batches": trainer.state.batches, "tokens_per_segment": size.bptt * size.batch,
-               "allowed_syncs": {k: v for k, v in trainer.allowed.items() if v},
+               "allowed_syncs": {"loss_checks": trainer.loss_checks} if trainer.loss_checks else {},
                "tokens_per_second": round(trainer.state.tokens / seconds)}
     if not ctx.cuda:
         details["sync_debug_mode"] = f"skipped ({NEEDS_CUDA})"
@@ -680,22 +667,19 @@ def check_resume(ctx: Ctx, budget: float) -> dict:
         for i in which:
             if i == 3:
                 t.optimizer = make_asgd(t.model, cfg.optim.lr, cfg.optim.weight_decay)
-            t.train_step(*segment(t.train_data, i, size.bptt), cfg.optim.lr)
+            t.train_step(*get_batch(t.train_data, i * size.bptt, size.bptt), cfg.optim.lr)
 
     rows = 7 * size.bptt + 1
     with numerics(Precision.fp32, True, device):
         whole = make_trainer(cfg, size, device, rows=rows)
-        reseed(device, 11)
         steps(whole, range(6))
         first = make_trainer(cfg, size, device, rows=rows)
-        reseed(device, 11)
         steps(first, range(4))
         first._check_loss()  # the loss sums folded into the state, as at the end of an epoch
         buffer = io.BytesIO()
         torch.save(first.state_dict(), buffer)
         buffer.seek(0)
         second = make_trainer(cfg, size, device, init_seed=1, rows=rows)
-        reseed(device, 12345)  # whatever the new process would have
         second.load_state_dict(torch.load(buffer, map_location="cpu", weights_only=True))
         steps(second, range(4, 6))
     pairs = list(zip(whole.model.parameters(), second.model.parameters()))
@@ -711,9 +695,8 @@ def deterministic_weights(ctx: Ctx, dropout: DropoutConfig, n: int = 4) -> list[
     cfg = config(size, device, dropout, deterministic=True)
     with numerics(Precision.fp32, True, device):
         trainer = make_trainer(cfg, size, device, rows=(n + 1) * size.bptt + 1)
-        reseed(device, 5)
         for i in range(n):
-            trainer.train_step(*segment(trainer.train_data, i, size.bptt), cfg.optim.lr)
+            trainer.train_step(*get_batch(trainer.train_data, i * size.bptt, size.bptt), cfg.optim.lr)
         sync(device)
     return [p.detach().cpu().clone() for p in trainer.model.parameters()]
 
@@ -775,16 +758,9 @@ def check_pytest_gpu(ctx: Ctx, budget: float) -> dict:
 # ------------------------------------------------------------------------ measurements
 def measure_step(ctx: Ctx, name: str, precision: Precision) -> Callable[[float], dict]:
     def run(budget: float) -> dict:
-        steps = ctx.steps if name != "gal_tied" else max(10, ctx.steps // 4)
         cfg = config(ctx.sizes.awd, ctx.device, STEP_VARIANTS[name], precision, variable_bptt=False)
-        return time_steps(cfg, ctx.sizes.awd, ctx.device, steps, budget)
+        return time_steps(cfg, ctx.sizes.awd, ctx.device, ctx.steps, budget)  # fewer if the budget says
     return run
-
-
-def compile_mode() -> str:
-    if "default" not in COMPILE_MODES:
-        raise Skip(f"trainer.compile has no 'default' mode (COMPILE_MODES = {COMPILE_MODES})")
-    return "default"
 
 
 def compile_config(ctx: Ctx, mode: str) -> RunConfig:
@@ -802,7 +778,6 @@ def measure_compiled(ctx: Ctx, budget: float) -> dict:
     killed at the end of the grant."""
     if ctx.no_compile:
         raise Skip("--no-compile")
-    compile_config(ctx, compile_mode())  # the config accepts it (the child would refuse alike)
     timeout = budget - CHILD_MARGIN_S
     cmd = [sys.executable, __file__, "--compile-child", "--budget", f"{timeout - 2:.1f}", "--steps", str(ctx.steps)]
     rc, out, err = run_child(cmd + (["--dry-run"] if ctx.dry else []), timeout)
@@ -816,7 +791,7 @@ def measure_compiled(ctx: Ctx, budget: float) -> dict:
 
 def compile_child(ctx: Ctx, budget: float) -> dict:
     """In the child: the compiled step, compiling included in ``with_compile_seconds``."""
-    mode = "off" if ctx.dry else compile_mode()
+    mode = "off" if ctx.dry else "default"
     t = time.perf_counter()
     out = time_steps(compile_config(ctx, mode), ctx.sizes.compiled, ctx.device, ctx.steps, budget)
     out.update(compile=mode, with_compile_seconds=round(time.perf_counter() - t, 1))
@@ -888,8 +863,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {**machine(device), **({"gpu_count": torch.cuda.device_count()} if ctx.cuda else {})},
         "mode": "dry run (CPU)" if args.dry_run else "cuda",
         "deadline_seconds": args.deadline, "complete": False,
-        "checks": {i.name: {"status": "pending"} for i in todo if i.kind == "check"},
-        "measurements": {i.name: {"status": "pending"} for i in todo if i.kind == "measurement"},
+        "checks": {i.name: {"status": "pending"} for i in todo if i.section == "checks"},
+        "measurements": {i.name: {"status": "pending"} for i in todo if i.section == "measurements"},
     }
     report = Report(args.out, result)
     with report.lock:
