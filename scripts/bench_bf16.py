@@ -35,17 +35,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from gpu_check import STEP_VARIANTS, Size, config, make_trainer  # noqa: E402
 from machine import machine, machine_line  # noqa: E402
-from rnnlm.config import (  # noqa: E402
-    DropoutConfig, ModelConfig, Precision, RecurrentDropoutConfig, RunConfig, TrainerConfig,
-)
+from rnnlm.config import Precision  # noqa: E402
+from rnnlm.data import get_batch  # noqa: E402
 from rnnlm.dropout.schemes.weight_drop import WeightDropLSTM  # noqa: E402
-from rnnlm.model import AWDLSTM  # noqa: E402
 from rnnlm.precision import numerics  # noqa: E402
-from rnnlm.training import Trainer  # noqa: E402
 
 VOCAB, EMSIZE, NHID, NLAYERS, BATCH, BPTT = 10_000, 200, 400, 3, 20, 70
+SIZE = Size(VOCAB, EMSIZE, NHID, NLAYERS, BATCH, BPTT)
 CPU = torch.device("cpu")
+# the variants of gpu_check's step-time figures, under this benchmark's names
+DROPOUT = {"weight_drop": STEP_VARIANTS["awd"], "weight_drop_functional": STEP_VARIANTS["awd"],
+           "nn_lstm": STEP_VARIANTS["nn_lstm"], "gal_tied": STEP_VARIANTS["gal_tied"]}
 
 
 def gemm_seconds(m: int, k: int, n: int, dtype: torch.dtype, repeats: int = 10) -> float:
@@ -78,13 +80,6 @@ def gemm_table(rounds: int) -> dict:
     return out
 
 
-def recurrent(kind: str) -> RecurrentDropoutConfig:
-    return {"weight_drop": RecurrentDropoutConfig("weight_drop", 0.5, "element"),
-            "weight_drop_functional": RecurrentDropoutConfig("weight_drop", 0.5, "element"),
-            "nn_lstm": RecurrentDropoutConfig("weight_drop", 0.0, "element"),
-            "gal_tied": RecurrentDropoutConfig("variational", 0.5, "tied")}[kind]
-
-
 def functional_weight_drop(layer: WeightDropLSTM, mask: torch.Tensor) -> list[torch.Tensor]:
     """WeightDrop's weights with a new ``W_hh * mask`` tensor each forward (no flat buffer)."""
     lstm = layer.lstm
@@ -92,29 +87,22 @@ def functional_weight_drop(layer: WeightDropLSTM, mask: torch.Tensor) -> list[to
 
 
 def make_step(kind: str, precision: Precision) -> Callable[[], float]:
-    """A timed training step (seconds) of ``kind`` at ``precision`` through Trainer.train_step."""
-    cfg = RunConfig(device="cpu", precision=precision,
-                    model=ModelConfig(emsize=EMSIZE, nhid=NHID, nlayers=NLAYERS),
-                    dropout=DropoutConfig(recurrent=recurrent(kind)),
-                    trainer=TrainerConfig(bptt=BPTT, variable_bptt=False, progress=False))
-    torch.manual_seed(0)
-    model = AWDLSTM(VOCAB, cfg.model, cfg.dropout)
+    """A timed training step (seconds) of ``kind`` at ``precision`` through Trainer.train_step,
+    on the model and data of gpu_check's step-time figures (:func:`gpu_check.make_trainer`)."""
+    cfg = config(SIZE, CPU, DROPOUT[kind], precision, variable_bptt=False)
+    trainer = make_trainer(cfg, SIZE, CPU, rows=BPTT + 1)
     if kind == "weight_drop_functional":
-        for layer in model.modules():
+        for layer in trainer.model.modules():
             if isinstance(layer, WeightDropLSTM):
                 layer.flat_weights = lambda mask, layer=layer: functional_weight_drop(layer, mask)
-    data = torch.randint(0, VOCAB, (BPTT + 1, BATCH), generator=torch.Generator().manual_seed(1))
-    trainer = Trainer(model, cfg, data, data, save_best=lambda w: None, load_best=lambda: {})
-    trainer.hidden = model.init_hidden(BATCH)
-    model.train()
+    x, y = get_batch(trainer.train_data, 0, BPTT)
 
     def step() -> float:
         with numerics(precision, False, CPU):
             t = time.perf_counter()
-            trainer.train_step(data[:-1], data[1:], cfg.optim.lr)
+            trainer.train_step(x, y, cfg.optim.lr)
             return time.perf_counter() - t
 
-    step.trainer = trainer  # type: ignore[attr-defined]
     return step
 
 
@@ -133,10 +121,9 @@ def step_table(rounds: int) -> dict:
         out[kind] = {"fp32_tokens_per_second": round(BPTT * BATCH / statistics.median(f32)),
                      "bf16_tokens_per_second": round(BPTT * BATCH / statistics.median(b16)),
                      "bf16_speedup": round(statistics.median(a / b for a, b in zip(f32, b16)), 3)}
-    wd, fn = times[("weight_drop", Precision.fp32)], times[("weight_drop_functional", Precision.fp32)]
-    out["flat_buffer_fp32_speedup"] = round(statistics.median(b / a for a, b in zip(wd, fn)), 3)
-    wd, fn = times[("weight_drop", Precision.bf16)], times[("weight_drop_functional", Precision.bf16)]
-    out["flat_buffer_bf16_speedup"] = round(statistics.median(b / a for a, b in zip(wd, fn)), 3)
+    for p in (Precision.fp32, Precision.bf16):  # functional step time / flat-buffer step time
+        wd, fn = times[("weight_drop", p)], times[("weight_drop_functional", p)]
+        out[f"flat_buffer_{p.value}_speedup"] = round(statistics.median(b / a for a, b in zip(wd, fn)), 3)
     return out
 
 
