@@ -66,7 +66,7 @@ class Claim:
 NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
 
-def _lock(fd: int) -> bool:
+def try_lock(fd: int) -> bool:
     """Lock ``fd`` exclusively without waiting: True if locked, False where the file system
     has no flock; :class:`BlockingIOError` if another process holds the lock."""
     try:
@@ -134,7 +134,7 @@ def claim_new(run_dir: Path) -> Claim:
     except OSError as exc:
         raise ClaimError(f"{run_dir} is not writable: {exc.strerror or exc}") from None
     try:
-        locked = _lock(fd)  # a new inode: nobody else can hold it
+        locked = try_lock(fd)  # a new inode: nobody else can hold it
         os.write(fd, _owner_line())
         try:
             os.link(tmp, path)  # atomic; the claim appears already locked
@@ -158,7 +158,7 @@ def _create_exclusive(path: Path, run_dir: Path) -> tuple[int, bool]:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
         raise ClaimError(_taken(run_dir)) from None
-    locked = _lock(fd)
+    locked = try_lock(fd)
     os.write(fd, _owner_line())
     return fd, locked
 
@@ -178,7 +178,7 @@ def claim_stopped(run_dir: Path) -> Claim:
     except OSError as exc:
         raise ClaimError(f"cannot claim {run_dir}: {exc.strerror or exc}") from None
     try:
-        locked = _lock(fd)
+        locked = try_lock(fd)
     except BlockingIOError:
         os.close(fd)
         who = owner(run_dir)

@@ -287,7 +287,7 @@ def test_the_claim_is_held_only_while_the_run_lives(reference):
 def test_a_file_system_without_flock_is_said_once_in_the_log(tmp_path, monkeypatch, caplog):
     from rnnlm import rundir
 
-    monkeypatch.setattr(rundir, "_lock", lambda fd: False)  # as flock on a file system without it
+    monkeypatch.setattr(rundir, "try_lock", lambda fd: False)  # as flock on a file system without it
     monkeypatch.setattr(rundir, "_said_unlocked", False)
     with caplog.at_level("WARNING", logger="rnnlm.rundir"):
         for name in ("a", "b"):

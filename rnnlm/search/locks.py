@@ -21,12 +21,11 @@ their lock option).
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 from pathlib import Path
 
-from rnnlm.rundir import NO_FLOCK, claim_held
+from rnnlm.rundir import claim_held, try_lock
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +56,13 @@ class TrialLocks:
         self.dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.dir / str(number), os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            locked = try_lock(fd)
+        except OSError as exc:  # BlockingIOError: another process holds it
             os.close(fd)
-            return False
-        except OSError as exc:
-            if exc.errno not in NO_FLOCK:
-                os.close(fd)
-                raise
+            if isinstance(exc, BlockingIOError):
+                return False
+            raise
+        if not locked:
             _no_flock(self.dir)
         self.held[number] = fd
         return True
