@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..config import ConfigError, RunConfig, settings
-from ..results import read_csv
+from ..results import current_status, read_csv
 from ..run import LAST, holds_run
 from ..rundir import Claim, ClaimError, claim_new, claim_stopped, is_claimed
 from .errors import describe
@@ -153,9 +153,10 @@ def check_not_finished(run_dir: Path) -> None:
     """RunFinished if the run in ``run_dir`` has completed, diverged or been pruned."""
     if (run_dir / "result.csv").is_file():
         (row,) = read_csv(run_dir / "result.csv") or [{}]
-        if row.get("status") in FINISHED:
+        status = current_status(row)
+        if status in FINISHED:
             best = row.get("best_val_ppl")
-            raise RunFinished(run_dir, row["status"], float(best) if best and row["status"] == "completed" else math.inf)
+            raise RunFinished(run_dir, status, float(best) if best and status == "completed" else math.inf)
 
 
 def check_same_config(run_dir: Path, cfg: RunConfig) -> None:

@@ -1,6 +1,7 @@
 """What a run leaves on disk: crash-safe CSV files with documented columns."""
 
-from .columns import METRICS_COLUMNS, RESULT_COLUMNS, SETTING_COLUMNS, current_name, current_names
+from .columns import (METRICS_COLUMNS, RESULT_COLUMNS, SETTING_COLUMNS, current_name, current_names,
+                      current_status)
 from .files import read_csv, write_csv
 
 __all__ = [
@@ -9,6 +10,7 @@ __all__ = [
     "SETTING_COLUMNS",
     "current_name",
     "current_names",
+    "current_status",
     "read_csv",
     "write_csv",
 ]

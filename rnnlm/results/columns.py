@@ -125,3 +125,11 @@ def current_name(column: str, file: str) -> str:
 def current_names(row: Mapping[str, Any], file: str) -> dict[str, Any]:
     """``row`` of a run's ``file`` with every column under today's name (:func:`current_name`)."""
     return {current_name(k, file): v for k, v in row.items()}
+
+
+def current_status(row: Mapping[str, Any]) -> Any:
+    """The ``status`` of a run's result.csv ``row`` as rnnlm writes it today: a run that a
+    search's pruner stopped is ``pruned`` (its figures are an early epoch's), which an older
+    rnnlm wrote as ``completed`` with ``stop_reason=pruned``."""
+    status = row.get("status")
+    return "pruned" if status == "completed" and row.get("stop_reason") == "pruned" else status

@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 from omegaconf import OmegaConf
 
 from ..atomic import atomic_write_text
-from ..results import read_csv
+from ..results import current_status, read_csv
 from . import study as _study
 from .locks import TrialLocks, job_alive
 from .space import SettingsError, Space
@@ -69,15 +69,15 @@ def finished_run(job_dir: Path) -> Optional[Finished]:
     """The outcome of the run in ``job_dir`` if it has finished, from its result.csv; None
     while it can still change (running, interrupted, failed) or when there is none.
 
-    A pruned run (``status=pruned``, or ``completed`` with ``stop_reason=pruned`` as older
-    rnnlm wrote it) is pruned, never completed: its perplexity is an early epoch's. A
-    diverged run's value is its ``vocab_size``, the perplexity of a uniform model."""
+    A pruned run (:func:`~rnnlm.results.columns.current_status`, older rows included) is
+    pruned, never completed: its perplexity is an early epoch's. A diverged run's value is
+    its ``vocab_size``, the perplexity of a uniform model."""
     try:
         (row,) = read_csv(job_dir / "result.csv")
     except (OSError, ValueError):
         return None
-    status = row.get("status")
-    if status == "pruned" or (status == "completed" and row.get("stop_reason") == "pruned"):
+    status = current_status(row)
+    if status == "pruned":
         return Finished("pruned", None)
     if status == "completed" and row.get("best_val_ppl"):
         return Finished("completed", float(row["best_val_ppl"]))

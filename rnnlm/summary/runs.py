@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..config import flatten
-from ..results import SETTING_COLUMNS, current_name
+from ..results import SETTING_COLUMNS, current_name, current_status
 
 CONFIG_FILE = Path(".hydra") / "config.yaml"
 # result.csv columns that copy the config
@@ -95,7 +95,8 @@ def _record(run_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
         note = "no result.csv"
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         note = f"unreadable result.csv ({type(err).__name__})"
-    status = "failed" if note else result.pop("status", None)
+    status = "failed" if note else current_status(result)
+    result.pop("status", None)
     record = {"run_dir": str(run_dir), "status": "unknown" if is_missing(status) else str(status),
               "note": note}
     outcome = {f"result.{k}" if k in config or k in record else k: v

@@ -81,11 +81,10 @@ def select_runs(frame: pd.DataFrame, metric: Metric) -> tuple[pd.Series, pd.Data
     """(used, left): which runs enter the statistics (completed and with a validation value),
     and status, run_dir and note of every run left out.
 
-    A run a search's pruner stopped (``stop_reason=pruned``) is left out as ``pruned``, also
-    where an older rnnlm recorded it ``completed``: its validation figure is an early epoch's,
-    not a finished run's, so it would flatter or sink its group's mean."""
-    pruned = frame["stop_reason"].eq("pruned") if "stop_reason" in frame else pd.Series(False, index=frame.index)
-    status = frame["status"].mask(pruned, "pruned")
+    A run a search's pruner stopped is left out as ``pruned`` (its status as :func:`~rnnlm.summary.runs.load_runs`
+    reads it, :func:`~rnnlm.results.columns.current_status`): its validation figure is an
+    early epoch's, not a finished run's, so it would flatter or sink its group's mean."""
+    status = frame["status"]
     used = (status == "completed") & frame[metric.val].notna()
     left = frame.loc[~used, ["run_dir", "note"]].assign(status=status[~used])[["status", "run_dir", "note"]]
     note = left["note"].mask(left["status"] == "completed", f"no {metric.val}")
