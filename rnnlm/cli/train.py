@@ -63,7 +63,8 @@ from ..search.reporter import job_reporter
 from ..tracking import check as check_trackers
 from ..tracking.config import LoggerConfig
 from ..training import CheckpointError
-from ..training.signals import SIGNALS, STOP_FILE, request_stop, stop_requested, watch_stop_file
+from ..training.signals import (STOP_FILE, hand_on, install_handlers, request_stop, restore_handlers, stop_requested,
+                                watch_stop_file)
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, describe, fail
 from .resume import (AUTO, HYDRA_DIR, NAMED, RESUME_ENV, RunFinished, claim_run_dir, keep_saved_budget,
                      named_resume_argv, override_key)
@@ -158,7 +159,7 @@ class SweepStop:
         self.previous: dict[int, Any] = {}
 
     def install(self) -> None:
-        self.previous = {sig: signal.signal(sig, self._handle) for sig in SIGNALS}
+        self.previous = install_handlers(self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:  # noqa: ARG002
         if self.received and signum == signal.SIGINT:
@@ -179,12 +180,9 @@ class SweepStop:
 
     def restore(self) -> None:
         """The handlers as before; a signal received is passed on to the handler before."""
-        for sig, old in self.previous.items():
-            signal.signal(sig, old)
+        restore_handlers(self.previous)
         if self.received:
-            handler = self.previous.get(self.received[0])
-            if callable(handler) and handler is not signal.default_int_handler:
-                handler(self.received[0], None)
+            hand_on(self.previous, self.received[0])
 
 
 _sweep_stop: list[SweepStop] = []  # the parent's handlers while a sweep runs (restored by train_command)
@@ -330,8 +328,8 @@ def hydra_train(dcfg: DictConfig) -> float:
         cfg = validate(dcfg)  # before anything is written
         if not single_run:  # job i of a sweep on GPU i mod G, unless pinned
             cfg.device = sweep_device(cfg.device, hc.job.num, torch.cuda.device_count())
-        if stop_file is not None and stop_requested(stop_file):
-            raise SweepStopped(stop_requested(stop_file))
+        if stop_file is not None and (stopped_by := stop_requested(stop_file)):
+            raise SweepStopped(stopped_by)
         claim, resume = claim_run_dir(run_dir, cfg, how)
         if how == NAMED:
             keep_saved_budget(cfg, run_dir, overrides)
@@ -361,7 +359,7 @@ def hydra_train(dcfg: DictConfig) -> float:
         with log_file(run_dir / f"{hc.job.name}.log"), watching:
             try:
                 # A sweep is one group of tracker runs, named after its directory.
-                group = None if single_run else Path(str(hc.sweep.dir)).name
+                group = None if sweep_dir is None else sweep_dir.name
                 result = train(cfg, run_dir, overrides=overrides, resume=resume, name=run_name(overrides, single_run),
                                group=group,
                                stop_early=None if single_run else job_reporter(hc.sweeper, hc.sweep.dir, hc.job.num))

@@ -36,7 +36,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 SIGNALS = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGUSR2] if hasattr(signal, "SIGUSR2") else [])
 STOP_FILE = ".rnnlm-stop"  # in a sweep directory: the sweep was asked to stop (request_stop)
@@ -153,6 +153,26 @@ def _let_pending_handlers_run() -> None:
     """A Python-level call: a signal handler made pending by interrupt_main runs at its start."""
 
 
+def install_handlers(handle: Callable[[int, Any], None]) -> dict[int, Any]:
+    """``handle`` for every stop signal (:data:`SIGNALS`); -> the handlers it replaced."""
+    return {sig: signal.signal(sig, handle) for sig in SIGNALS}
+
+
+def restore_handlers(previous: dict[int, Any]) -> None:
+    """The handlers ``previous`` (from :func:`install_handlers`) back."""
+    for sig, old in previous.items():
+        signal.signal(sig, old)
+
+
+def hand_on(previous: dict[int, Any], signum: int) -> None:
+    """``signum``, received while our handlers were installed, handed to the handler it had
+    replaced: a Python handler other than the default SIGINT one (which would raise
+    KeyboardInterrupt here); a default or ignored one is left alone."""
+    handler = previous.get(signum)
+    if callable(handler) and handler is not signal.default_int_handler:
+        handler(signum, None)
+
+
 @contextmanager
 def stop_on_signals(pass_on: bool = True) -> Iterator[StopSignals]:
     """Yield a :class:`StopSignals`; restore the previous handlers on exit and, with
@@ -161,7 +181,7 @@ def stop_on_signals(pass_on: bool = True) -> Iterator[StopSignals]:
     if threading.current_thread() is not threading.main_thread():
         yield stop  # handlers can only be installed from the main thread
         return
-    previous = {sig: signal.signal(sig, stop._handle) for sig in SIGNALS}
+    previous = install_handlers(stop._handle)
     done, lock, watcher = threading.Event(), threading.Lock(), None
     if _watched:
         watcher = threading.Thread(target=_watch, args=(stop, list(_watched), done, lock), daemon=True,
@@ -178,9 +198,6 @@ def stop_on_signals(pass_on: bool = True) -> Iterator[StopSignals]:
                 _let_pending_handlers_run()
             except Interrupted:
                 pass
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+        restore_handlers(previous)
     if pass_on and stop.signalled:
-        handler = previous.get(stop.signalled[0])
-        if callable(handler) and handler is not signal.default_int_handler:
-            handler(stop.signalled[0], None)
+        hand_on(previous, stop.signalled[0])
