@@ -31,7 +31,6 @@ jobs) and nothing of torch.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +44,7 @@ from ..atomic import atomic_write_text
 from ..results import read_csv
 from ..results.columns import RESULT_COLUMNS
 from .maxt import simultaneous_critical
-from .sequential import look_levels
+from .sequential import look_level
 from .stats import DEFAULT_EFFECT, compare_groups
 
 LOOKS = "looks"  # SWEEP_DIR/looks/: one CSV and one Markdown file per look, stop.yaml
@@ -148,6 +147,7 @@ class BlockStudy:
         self.block_key, self.metric = block_key, metric
         self.min_blocks, self.max_blocks, self.max_minutes = min_blocks, max_blocks, max_minutes
         self.alpha, self.effect = alpha, effect
+        self._levels: dict[int, float] = {}  # block count -> its look's level (level())
 
     # -- the plan -------------------------------------------------------------------------
 
@@ -247,15 +247,11 @@ class BlockStudy:
     # -- looks and the stopping rule ------------------------------------------------------
 
     def level(self, blocks: int) -> float:
-        """The nominal level of the look after ``blocks`` blocks."""
+        """The nominal level of the look after ``blocks`` blocks (computed once per plan: it
+        takes multivariate normal probabilities of every look before it)."""
+        if blocks not in self._levels:
+            self._levels[blocks] = float(look_level(self.look_blocks(blocks), self.max_blocks, self.alpha))
         return self._levels[blocks]
-
-    @functools.cached_property
-    def _levels(self) -> dict[int, float]:
-        """The nominal level of every look of the plan, by its block count (one computation:
-        each needs multivariate normal probabilities of the looks before it)."""
-        looks = self.look_blocks(self.max_blocks)
-        return dict(zip(looks, look_levels(looks, self.max_blocks, self.alpha)))
 
     def analyse(self, blocks: int, write: bool = True) -> Look:
         """The look after ``blocks`` finished blocks (``blocks >= min_blocks``); with ``write``,

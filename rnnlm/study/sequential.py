@@ -105,19 +105,13 @@ def obrien_fleming_bounds(looks: int, alpha: float = 0.05) -> list[float]:
     return [float(c * s) for s in shape]
 
 
-def look_levels(blocks_seen: Sequence[int], max_blocks: int, alpha: float = 0.05) -> list[float]:
-    """The nominal two-sided confidence level 1 - 2 (1 - Phi(b_k)) of each look's repeated
-    confidence interval, with a look after each of ``blocks_seen`` (increasing block counts)
-    and information fraction blocks / ``max_blocks`` (:func:`spending_bounds`); a look at
-    ``max_blocks`` spends all of ``alpha``. A look's level depends only on the looks up to
-    it, so one call gives the level of every look of a schedule."""
+def look_level(blocks_seen: Sequence[int], max_blocks: int, alpha: float = 0.05) -> float:
+    """The nominal two-sided confidence level 1 - 2 (1 - Phi(b_last)) of the latest look's
+    repeated confidence interval, with a look after each of ``blocks_seen`` (increasing block
+    counts) and information fraction blocks / ``max_blocks`` (:func:`spending_bounds`); a
+    look at ``max_blocks`` spends all of ``alpha``."""
     seen = [int(b) for b in blocks_seen]
     if max_blocks < 1 or not seen or seen[-1] > max_blocks:
         raise ValueError(f"blocks_seen must be increasing counts up to max_blocks={max_blocks}, got {seen}")
-    bounds = spending_bounds([b / max_blocks for b in seen], alpha)
-    return [float(1 - 2 * stats.norm.sf(bound)) for bound in bounds]
-
-
-def look_level(blocks_seen: Sequence[int], max_blocks: int, alpha: float = 0.05) -> float:
-    """The nominal level of the latest of the looks ``blocks_seen`` (:func:`look_levels`)."""
-    return look_levels(blocks_seen, max_blocks, alpha)[-1]
+    bound = spending_bounds([b / max_blocks for b in seen], alpha)[-1]
+    return float(1 - 2 * stats.norm.sf(bound))
